@@ -1,0 +1,1 @@
+"""Bort on PyTorch: the twin of bort_gluon (same configs, names, checkpoints, CLI)."""

@@ -1,0 +1,1 @@
+"""Parity suite: proves bort_gluon and bort_torch compute the same thing."""
