@@ -1,0 +1,177 @@
+"""Bort on GluonNLP 0.10.0, as the 2020 release built it on GluonNLP 0.8.3.
+
+`BortModel` is GluonNLP's `BERTModel` around its `BERTEncoder`, with the two 0.8.3 behaviours
+that 0.10 changed put back (see ../shared/reference/original-code.md):
+- a dropout (`embed_dropout`) right after the word embedding (0.10 dropped it);
+- the MLM decoder's LayerNorm uses eps 1e-12 (`decoder_layer_norm_eps`), not the encoder's.
+Parameter names are the canonical ones (`bort_core.arch.canonical_shapes`).
+"""
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+from gluonnlp.model import GELU, BERTEncoder, BERTModel
+from mxnet.gluon import HybridBlock, nn
+
+from bort_core import checkpoint as ckpt
+from bort_core.configs import BortConfig, get_config
+
+
+class BortModel(BERTModel):
+    """Bort/BERT/RoBERTa backbone: embeddings, post-LN encoder, optional tied MLM decoder.
+
+    Call as `model(inputs, valid_length=None, masked_positions=None, token_types=None)`:
+    returns the sequence output (B, L, H), plus the MLM logits (B, M, V) when
+    `masked_positions` is given to a model built with `use_decoder=True`. Positions beyond
+    `valid_length` are zero in the output.
+    """
+
+    def __init__(self, config: BortConfig, use_decoder: bool = True, prefix=None, params=None):
+        self.config = config
+        encoder = BERTEncoder(num_layers=config.num_layers, units=config.units,
+                              hidden_size=config.hidden_size, max_length=config.max_length,
+                              num_heads=config.num_heads, dropout=config.dropout,
+                              activation=config.activation, layer_norm_eps=config.layer_norm_eps)
+        super().__init__(encoder, vocab_size=config.vocab_size,
+                         token_type_vocab_size=config.token_type_vocab_size or None,
+                         units=config.units, embed_size=config.units, use_pooler=False,
+                         use_decoder=use_decoder, use_classifier=False,
+                         use_token_type_embed=bool(config.token_type_vocab_size),
+                         prefix=prefix, params=params)
+
+    def _get_embed(self, embed, vocab_size, embed_size, initializer, prefix):
+        embed = super()._get_embed(embed, vocab_size, embed_size, initializer, prefix)
+        if prefix == "word_embed_" and self.config.embed_dropout:
+            embed.add(nn.Dropout(rate=self.config.embed_dropout))
+        return embed
+
+    def _get_decoder(self, units, vocab_size, embed, prefix):
+        # Dense -> GELU -> LayerNorm(decoder eps) -> Dense tied to the word embedding: sharing
+        # the embedding's ParameterDict makes the last Dense's `weight` that embedding's.
+        with self.name_scope():
+            decoder = nn.HybridSequential(prefix=prefix)
+            decoder.add(nn.Dense(units, flatten=False))
+            decoder.add(GELU())
+            decoder.add(nn.LayerNorm(in_channels=units, epsilon=self.config.decoder_layer_norm_eps))
+            decoder.add(nn.Dense(vocab_size, flatten=False, params=embed.collect_params()))
+        return decoder
+
+    def __call__(self, inputs, valid_length=None, masked_positions=None, token_types=None):
+        # BERTModel's slot order is (inputs, token_types, ...); an empty list stands for "none".
+        if token_types is None:
+            token_types = []
+        return HybridBlock.__call__(self, inputs, token_types, valid_length, masked_positions)
+
+    def hybrid_forward(self, F, inputs, token_types, valid_length=None, masked_positions=None):
+        sequence, _ = self._encode_sequence(inputs, token_types, valid_length)
+        if masked_positions is None or not self._use_decoder:
+            return sequence
+        return sequence, self._decode(F, sequence, masked_positions)
+
+
+class BortClassifier(HybridBlock):
+    """The release's sentence classifier: first token -> Dropout -> Dense(units, tanh) ->
+    Dropout -> Dense(num_classes). With dropout 0 the Dropout layers are absent, which shifts
+    the head's parameter names from `classifier.{1,3}` to `classifier.{0,1}` (as in 2020)."""
+
+    def __init__(self, bort: BortModel, num_classes: int = 2, dropout: float = 0.0,
+                 prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        self.bort = bort
+        self._units = bort.config.units
+        with self.name_scope():
+            self.classifier = nn.HybridSequential(prefix="classifier_")
+            if dropout:
+                self.classifier.add(nn.Dropout(rate=dropout))
+            self.classifier.add(nn.Dense(units=self._units, activation="tanh", flatten=False))
+            if dropout:
+                self.classifier.add(nn.Dropout(rate=dropout))
+            self.classifier.add(nn.Dense(units=num_classes, flatten=False))
+
+    def __call__(self, inputs, valid_length=None):
+        return super().__call__(inputs, valid_length)
+
+    def hybrid_forward(self, F, inputs, valid_length=None):
+        sequence = self.bort(inputs, valid_length)
+        first = F.squeeze(F.slice_axis(sequence, axis=1, begin=0, end=1), axis=1)
+        return self.classifier(first)
+
+
+def initialize_like_release(block: HybridBlock, ctx=None, sigma: float = 0.02) -> None:
+    """Normal(0, sigma) weights, zero biases, unit LayerNorm gains (what the release did).
+
+    A one-token forward then settles GluonNLP's deferred shapes, so every parameter exists
+    right after construction (as in the torch twin)."""
+    ctx = ctx or mx.cpu()
+    block.initialize(init=mx.init.Normal(sigma), ctx=ctx, force_reinit=True)
+    one = mx.nd.zeros((1, 1), ctx=ctx)
+    valid = mx.nd.ones((1,), ctx=ctx)
+    if isinstance(block, BortClassifier):
+        block(one, valid)
+    elif isinstance(block, BortModel):
+        block(one, valid, one if block._use_decoder else None)
+
+
+def named_parameters(block: HybridBlock):
+    """Structural name -> Parameter, the names `save_parameters` writes (tied ones once)."""
+    seen, named = set(), {}
+    for name, param in block._collect_params_with_prefix().items():
+        if id(param) not in seen:
+            seen.add(id(param))
+            named[name] = param
+    return named
+
+
+def get_params(block: HybridBlock):
+    """Canonical name -> numpy array (float32 as stored)."""
+    return {name: p.data().asnumpy() for name, p in named_parameters(block).items()}
+
+
+def set_params(block: HybridBlock, params, source: str = "<params>") -> None:
+    """Copy a canonical dict into the block; names and shapes must match exactly."""
+    named = named_parameters(block)
+    missing = sorted(set(named) - set(params))
+    unexpected = sorted(set(params) - set(named))
+    if missing or unexpected:
+        raise ValueError("%s: parameters do not match the model: missing %s; unexpected %s"
+                         % (source, missing[:8] or "none", unexpected[:8] or "none"))
+    for name, param in named.items():
+        value = np.asarray(params[name])
+        if 0 in param.shape:   # deferred (Dense in_units unknown until the first forward)
+            param.shape = value.shape
+        if tuple(param.shape) != value.shape:
+            raise ValueError("%s: parameter %s has shape %s, the model expects %s"
+                             % (source, name, value.shape, tuple(param.shape)))
+        param.set_data(mx.nd.array(value, dtype=param.dtype))
+
+
+def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
+                   use_decoder: bool = True, dropout: float = None, ctx=None, seed: int = None):
+    """Build a registry config (or `bort_D_A_I_H`, or a JSON path) as a BortModel.
+
+    With `checkpoint` (a `.params` file) the vocabulary size is taken from its word embedding
+    and its weights are loaded (a decoder file into a decoder-less model drops the decoder);
+    otherwise the model is initialised as the release did. `dropout` overrides both dropout
+    rates (0 for deterministic parity runs).
+    """
+    params = None
+    if checkpoint is not None:
+        config, params = ckpt.load_checkpoint(checkpoint, name, with_decoder=use_decoder)
+    else:
+        config = get_config(name)
+    if dropout is not None:
+        config = config.replace(dropout=dropout, embed_dropout=dropout)
+    if seed is not None:
+        mx.random.seed(seed)
+        np.random.seed(seed)
+    model = BortModel(config, use_decoder=use_decoder)
+    initialize_like_release(model, ctx)
+    if params is not None:
+        set_params(model, params, checkpoint)
+    return model
+
+
+def save_checkpoint(block: HybridBlock, path: str, tied_twice: bool = True) -> None:
+    """Write a `.params` file atomically; by default the tied decoder weight is stored under
+    both names, as GluonNLP's `save_parameters` (and so every 2020 file) does."""
+    ckpt.save_checkpoint(path, get_params(block), tied_twice=tied_twice)

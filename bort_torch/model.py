@@ -1,0 +1,249 @@
+"""Bort in PyTorch: the twin of bort_gluon.model, module for module.
+
+Module names reproduce GluonNLP's structural names, so a state dict differs from the canonical
+checkpoint names only where PyTorch's LayerNorm says `weight`/`bias` for GluonNLP's
+`gamma`/`beta` (`TORCH_TO_CANONICAL`, the one mapping table). Computation order, masking and
+dropout placement follow the 2020 model (../shared/reference/original-code.md): word embedding
+-> dropout -> + positions 0..L-1 -> dropout -> LayerNorm -> post-LN cells; outputs beyond
+`valid_length` are zeroed; the MLM decoder's LayerNorm uses eps 1e-12.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bort_core import checkpoint as ckpt
+from bort_core.configs import BortConfig, get_config
+
+# torch state-dict suffix -> canonical suffix, for every LayerNorm (and only LayerNorms).
+TORCH_TO_CANONICAL = {".weight": ".gamma", ".bias": ".beta"}
+TIED_DECODER_WEIGHT = "decoder.3.weight"
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Separate q/k/v projections with bias, query scaled by 1/sqrt(head_dim), keys at or
+    beyond valid_length masked out, dropout on the attention weights."""
+
+    def __init__(self, units: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        self.proj_query = nn.Linear(units, units)
+        self.proj_key = nn.Linear(units, units)
+        self.proj_value = nn.Linear(units, units)
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        b, length, units = x.shape
+        heads = lambda t: t.view(b, length, self.num_heads, -1).transpose(1, 2)
+        q = heads(self.proj_query(x)) * (1.0 / math.sqrt(units // self.num_heads))
+        k, v = heads(self.proj_key(x)), heads(self.proj_value(x))
+        scores = q @ k.transpose(-1, -2)
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
+        return (weights @ v).transpose(1, 2).reshape(b, length, units)
+
+
+class PositionwiseFFN(nn.Module):
+    """ffn_1 -> GELU -> ffn_2 -> dropout -> residual -> LayerNorm."""
+
+    def __init__(self, units: int, hidden_size: int, dropout: float, eps: float):
+        super().__init__()
+        self.ffn_1 = nn.Linear(units, hidden_size)
+        self.ffn_2 = nn.Linear(hidden_size, units)
+        self.dropout_layer = nn.Dropout(dropout)
+        self.layer_norm = nn.LayerNorm(units, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(x + self.dropout_layer(self.ffn_2(F.gelu(self.ffn_1(x)))))
+
+
+class BortEncoderCell(nn.Module):
+    """Post-LN transformer cell: attention -> proj -> dropout -> residual -> LN -> FFN."""
+
+    def __init__(self, config: BortConfig):
+        super().__init__()
+        self.attention_cell = MultiHeadSelfAttention(config.units, config.num_heads, config.dropout)
+        self.proj = nn.Linear(config.units, config.units)
+        self.dropout_layer = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(config.units, eps=config.layer_norm_eps)
+        self.ffn = PositionwiseFFN(config.units, config.hidden_size, config.dropout,
+                                   config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        attended = self.dropout_layer(self.proj(self.attention_cell(x, key_mask)))
+        return self.ffn(self.layer_norm(x + attended))
+
+
+class BortEncoder(nn.Module):
+    """Learned positions + dropout + LayerNorm, then the cells; padded outputs zeroed."""
+
+    def __init__(self, config: BortConfig):
+        super().__init__()
+        self.position_weight = nn.Parameter(torch.empty(config.max_length, config.units))
+        self.dropout_layer = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(config.units, eps=config.layer_norm_eps)
+        self.transformer_cells = nn.ModuleList(BortEncoderCell(config)
+                                               for _ in range(config.num_layers))
+
+    def forward(self, embedding: torch.Tensor, valid_length: Optional[torch.Tensor]) -> torch.Tensor:
+        length = embedding.shape[1]
+        x = self.layer_norm(self.dropout_layer(embedding + self.position_weight[:length]))
+        key_mask = None
+        if valid_length is not None:
+            key_mask = torch.arange(length, device=x.device)[None, :] < valid_length[:, None]
+        for cell in self.transformer_cells:
+            x = cell(x, key_mask)
+        return x if key_mask is None else x * key_mask[..., None].to(x.dtype)
+
+
+class TanhLinear(nn.Linear):
+    """Dense(units, activation='tanh') as one module, so the head's indices match GluonNLP's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().forward(x))
+
+
+class BortModel(nn.Module):
+    """Bort/BERT/RoBERTa backbone: embeddings, post-LN encoder, optional tied MLM decoder.
+
+    `model(inputs, valid_length=None, masked_positions=None, token_types=None)` returns the
+    sequence output (B, L, H), plus the MLM logits (B, M, V) when `masked_positions` is given
+    to a model built with `use_decoder=True`.
+    """
+
+    def __init__(self, config: BortConfig, use_decoder: bool = True):
+        super().__init__()
+        self.config = config
+        u = config.units
+        self.word_embed = nn.Sequential(nn.Embedding(config.vocab_size, u))
+        if config.embed_dropout:
+            self.word_embed.append(nn.Dropout(config.embed_dropout))
+        if config.token_type_vocab_size:
+            self.token_type_embed = nn.Sequential(nn.Embedding(config.token_type_vocab_size, u))
+        self.encoder = BortEncoder(config)
+        self.use_decoder = use_decoder
+        if use_decoder:
+            self.decoder = nn.Sequential(nn.Linear(u, u), nn.GELU(),
+                                         nn.LayerNorm(u, eps=config.decoder_layer_norm_eps),
+                                         nn.Linear(u, config.vocab_size))
+            self.decoder[3].weight = self.word_embed[0].weight
+        initialize_like_release(self)
+
+    def forward(self, inputs, valid_length=None, masked_positions=None, token_types=None):
+        embedding = self.word_embed(inputs)
+        if self.config.token_type_vocab_size:
+            if token_types is None:
+                token_types = torch.zeros_like(inputs)
+            embedding = embedding + self.token_type_embed(token_types)
+        sequence = self.encoder(embedding, valid_length)
+        if masked_positions is None or not self.use_decoder:
+            return sequence
+        rows = torch.arange(sequence.shape[0], device=sequence.device)[:, None]
+        return sequence, self.decoder(sequence[rows, masked_positions.long()])
+
+
+class BortClassifier(nn.Module):
+    """The release's sentence classifier: first token -> Dropout -> Dense(units, tanh) ->
+    Dropout -> Dense(num_classes); without dropout the head is `classifier.{0,1}`."""
+
+    def __init__(self, bort: BortModel, num_classes: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.bort = bort
+        u = bort.config.units
+        layers = [nn.Dropout(dropout)] if dropout else []
+        layers.append(TanhLinear(u, u))
+        layers += [nn.Dropout(dropout)] if dropout else []
+        layers.append(nn.Linear(u, num_classes))
+        self.classifier = nn.Sequential(*layers)
+        initialize_like_release(self.classifier)
+
+    def forward(self, inputs, valid_length=None):
+        return self.classifier(self.bort(inputs, valid_length)[:, 0])
+
+
+@torch.no_grad()
+def initialize_like_release(module: nn.Module, sigma: float = 0.02) -> None:
+    """Normal(0, sigma) weights and embeddings, zero biases, unit LayerNorm gains."""
+    for sub in module.modules():
+        if isinstance(sub, nn.LayerNorm):
+            sub.weight.fill_(1.0)
+            sub.bias.zero_()
+        elif isinstance(sub, (nn.Linear, nn.Embedding)):
+            sub.weight.normal_(0.0, sigma)
+            if getattr(sub, "bias", None) is not None:
+                sub.bias.zero_()
+        elif isinstance(sub, BortEncoder):
+            sub.position_weight.normal_(0.0, sigma)
+
+
+def _layer_norm_names(module: nn.Module):
+    return {name for name, sub in module.named_modules() if isinstance(sub, nn.LayerNorm)}
+
+
+def to_canonical_name(name: str, layer_norms) -> str:
+    """Torch state-dict name -> canonical (GluonNLP) name."""
+    owner, _, leaf = name.rpartition(".")
+    if owner in layer_norms:
+        return owner + TORCH_TO_CANONICAL["." + leaf]
+    return name
+
+
+def get_params(module: nn.Module) -> Dict[str, np.ndarray]:
+    """Canonical name -> numpy array; the tied decoder weight is listed once (as the
+    word embedding)."""
+    layer_norms = _layer_norm_names(module)
+    params = {}
+    for name, tensor in module.state_dict().items():
+        if name.endswith(TIED_DECODER_WEIGHT):
+            continue
+        params[to_canonical_name(name, layer_norms)] = tensor.detach().cpu().numpy().copy()
+    return params
+
+
+@torch.no_grad()
+def set_params(module: nn.Module, params, source: str = "<params>") -> None:
+    """Copy a canonical dict into the module; names and shapes must match exactly."""
+    layer_norms = _layer_norm_names(module)
+    targets = {to_canonical_name(name, layer_norms): tensor
+               for name, tensor in module.state_dict(keep_vars=True).items()
+               if not name.endswith(TIED_DECODER_WEIGHT)}
+    missing = sorted(set(targets) - set(params))
+    unexpected = sorted(set(params) - set(targets))
+    if missing or unexpected:
+        raise ValueError("%s: parameters do not match the model: missing %s; unexpected %s"
+                         % (source, missing[:8] or "none", unexpected[:8] or "none"))
+    for name, tensor in targets.items():
+        value = torch.from_numpy(np.ascontiguousarray(params[name]))
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise ValueError("%s: parameter %s has shape %s, the model expects %s"
+                             % (source, name, tuple(value.shape), tuple(tensor.shape)))
+        tensor.copy_(value.to(tensor.dtype))
+
+
+def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
+                   use_decoder: bool = True, dropout: float = None, device=None,
+                   seed: int = None) -> BortModel:
+    """The twin of bort_gluon.model.get_bort_model (same arguments, `device` for `ctx`)."""
+    params = None
+    if checkpoint is not None:
+        config, params = ckpt.load_checkpoint(checkpoint, name, with_decoder=use_decoder)
+    else:
+        config = get_config(name)
+    if dropout is not None:
+        config = config.replace(dropout=dropout, embed_dropout=dropout)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = BortModel(config, use_decoder=use_decoder)
+    if params is not None:
+        set_params(model, params, checkpoint)
+    return model.to(device) if device is not None else model
+
+
+def save_checkpoint(module: nn.Module, path: str, tied_twice: bool = True) -> None:
+    """Write a `.params` file (MXNet format, no MXNet needed) atomically."""
+    ckpt.save_checkpoint(path, get_params(module), tied_twice=tied_twice)
