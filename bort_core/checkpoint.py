@@ -532,7 +532,12 @@ def load_checkpoint(path, config=None):
     decoder duplicate dropped), in canonical order.
     """
     path = os.fspath(path)
-    params = load_params(path)
+    return resolve_checkpoint(load_params(path), path, config)
+
+
+def resolve_checkpoint(params, path, config=None):
+    """`load_checkpoint` for a dict already in memory (read from any format); `path` names
+    its source in errors."""
     classifier = is_classifier(params)
     backbone, head = split_classifier(params, source=path) if classifier else (params, None)
     try:
@@ -554,3 +559,20 @@ def load_checkpoint(path, config=None):
         return config, backbone
     head, _, _ = validate_classifier_head(head, config, source=path)
     return config, join_classifier(backbone, head)
+
+
+def load_model_params(path, config=None, with_decoder=True):
+    """(config, backbone params) to build a BortModel from a backbone or classifier
+    checkpoint: a classifier's head is left out, `with_decoder=False` leaves the MLM decoder
+    out, and a file without a decoder cannot fill a model that has one."""
+    config, params = load_checkpoint(path, config)
+    if is_classifier(params):
+        params, _ = split_classifier(params, source=path)
+    has_decoder = any(name.startswith("decoder.") for name in params)
+    if with_decoder and not has_decoder:
+        raise ValueError("%s: the checkpoint has no MLM decoder (decoder.*); build the model "
+                         "without one (use_decoder=False)" % path)
+    if not with_decoder:
+        params = OrderedDict((n, v) for n, v in params.items() if not n.startswith("decoder."))
+    return config, params
+

@@ -28,7 +28,8 @@ def load_framework(name: str, module: str = ""):
     except ImportError as err:
         extra = {"gluon": "gluon", "torch": "torch"}[name]
         raise SystemExit("--framework %s needs %s (%s); install it with: pip install -e '.[%s]'"
-                         % (name, "MXNet + GluonNLP" if name == "gluon" else "PyTorch", err, extra))
+                         % (name, "MXNet + GluonNLP" if name == "gluon" else "PyTorch", err,
+                            extra)) from err
 
 
 def build_parser() -> argparse.ArgumentParser:

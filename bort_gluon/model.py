@@ -156,7 +156,7 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
     """
     params = None
     if checkpoint is not None:
-        config, params = ckpt.load_checkpoint(checkpoint, name, with_decoder=use_decoder)
+        config, params = ckpt.load_model_params(checkpoint, name, with_decoder=use_decoder)
     else:
         config = get_config(name)
     if dropout is not None:
@@ -174,4 +174,4 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
 def save_checkpoint(block: HybridBlock, path: str, tied_twice: bool = True) -> None:
     """Write a `.params` file atomically; by default the tied decoder weight is stored under
     both names, as GluonNLP's `save_parameters` (and so every 2020 file) does."""
-    ckpt.save_checkpoint(path, get_params(block), tied_twice=tied_twice)
+    ckpt.save_params(path, get_params(block), store_tied_decoder=tied_twice)

@@ -2,7 +2,7 @@
 
 Module names reproduce GluonNLP's structural names, so a state dict differs from the canonical
 checkpoint names only where PyTorch's LayerNorm says `weight`/`bias` for GluonNLP's
-`gamma`/`beta` (`TORCH_TO_CANONICAL`, the one mapping table). Computation order, masking and
+`gamma`/`beta` (the one mapping table: `bort_core.convert.canonical_name`). Computation order, masking and
 dropout placement follow the 2020 model (../shared/reference/original-code.md): word embedding
 -> dropout -> + positions 0..L-1 -> dropout -> LayerNorm -> post-LN cells; outputs beyond
 `valid_length` are zeroed; the MLM decoder's LayerNorm uses eps 1e-12.
@@ -19,10 +19,7 @@ from torch import nn
 
 from bort_core import checkpoint as ckpt
 from bort_core.configs import BortConfig, get_config
-
-# torch state-dict suffix -> canonical suffix, for every LayerNorm (and only LayerNorms).
-TORCH_TO_CANONICAL = {".weight": ".gamma", ".bias": ".beta"}
-TIED_DECODER_WEIGHT = "decoder.3.weight"
+from bort_core.convert import canonical_name
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -181,37 +178,23 @@ def initialize_like_release(module: nn.Module, sigma: float = 0.02) -> None:
             sub.position_weight.normal_(0.0, sigma)
 
 
-def _layer_norm_names(module: nn.Module):
-    return {name for name, sub in module.named_modules() if isinstance(sub, nn.LayerNorm)}
-
-
-def to_canonical_name(name: str, layer_norms) -> str:
-    """Torch state-dict name -> canonical (GluonNLP) name."""
-    owner, _, leaf = name.rpartition(".")
-    if owner in layer_norms:
-        return owner + TORCH_TO_CANONICAL["." + leaf]
-    return name
+def canonical_tensors(module: nn.Module, keep_vars: bool = False):
+    """Canonical name -> tensor of the module's state; the tied decoder weight is listed
+    once (as the word embedding)."""
+    return {canonical_name(name): tensor
+            for name, tensor in module.state_dict(keep_vars=keep_vars).items()
+            if not name.endswith(ckpt.TIED_DECODER)}
 
 
 def get_params(module: nn.Module) -> Dict[str, np.ndarray]:
-    """Canonical name -> numpy array; the tied decoder weight is listed once (as the
-    word embedding)."""
-    layer_norms = _layer_norm_names(module)
-    params = {}
-    for name, tensor in module.state_dict().items():
-        if name.endswith(TIED_DECODER_WEIGHT):
-            continue
-        params[to_canonical_name(name, layer_norms)] = tensor.detach().cpu().numpy().copy()
-    return params
+    """Canonical name -> numpy array (a copy)."""
+    return {name: t.detach().cpu().numpy().copy() for name, t in canonical_tensors(module).items()}
 
 
 @torch.no_grad()
 def set_params(module: nn.Module, params, source: str = "<params>") -> None:
     """Copy a canonical dict into the module; names and shapes must match exactly."""
-    layer_norms = _layer_norm_names(module)
-    targets = {to_canonical_name(name, layer_norms): tensor
-               for name, tensor in module.state_dict(keep_vars=True).items()
-               if not name.endswith(TIED_DECODER_WEIGHT)}
+    targets = canonical_tensors(module, keep_vars=True)
     missing = sorted(set(targets) - set(params))
     unexpected = sorted(set(params) - set(targets))
     if missing or unexpected:
@@ -231,7 +214,7 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
     """The twin of bort_gluon.model.get_bort_model (same arguments, `device` for `ctx`)."""
     params = None
     if checkpoint is not None:
-        config, params = ckpt.load_checkpoint(checkpoint, name, with_decoder=use_decoder)
+        config, params = ckpt.load_model_params(checkpoint, name, with_decoder=use_decoder)
     else:
         config = get_config(name)
     if dropout is not None:
@@ -246,4 +229,4 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
 
 def save_checkpoint(module: nn.Module, path: str, tied_twice: bool = True) -> None:
     """Write a `.params` file (MXNet format, no MXNet needed) atomically."""
-    ckpt.save_checkpoint(path, get_params(module), tied_twice=tied_twice)
+    ckpt.save_params(path, get_params(module), store_tied_decoder=tied_twice)

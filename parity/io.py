@@ -71,3 +71,26 @@ def load_taps(path):
         raise FileNotFoundError("tap dump %s does not exist" % path)
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+def random_params(config, seed=0, num_classes=None, sigma=0.02):
+    """Non-trivial canonical parameters: normal(0, sigma) weights, normal(0, 0.1) biases and
+    betas, 1 + normal(0, 0.1) gammas. With `num_classes`, a dropout-free BortClassifier's
+    parameters (backbone names prefixed `bort.`)."""
+    from bort_core.arch import canonical_shapes, classifier_shapes
+
+    rng = np.random.RandomState(seed)
+    shapes = canonical_shapes(config)
+    if num_classes:
+        shapes = dict([("bort." + k, v) for k, v in shapes.items()]
+                      + list(classifier_shapes(config, num_classes, dropout=0.0).items()))
+    params = {}
+    for name, shape in shapes.items():
+        if name.endswith(".gamma"):
+            value = 1.0 + rng.normal(0.0, 0.1, shape)
+        elif name.endswith((".beta", ".bias")):
+            value = rng.normal(0.0, 0.1, shape)
+        else:
+            value = rng.normal(0.0, sigma, shape)
+        params[name] = value.astype(np.float32)
+    return params

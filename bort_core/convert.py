@@ -1,0 +1,148 @@
+"""`bort convert SRC DST`: move a checkpoint between every format both frameworks use.
+
+Formats, picked by the path:
+  *.params          MXNet/GluonNLP NDArray file, canonical names (the 2020 format)
+  *.pt              PyTorch state dict of bort_torch.BortModel (loaded with weights_only)
+  *.safetensors     the same state dict as safetensors (no PyTorch needed)
+  DIR/ (or no ext)  HuggingFace BertForMaskedLM directory: config.json + model.safetensors
+
+Everything passes through the canonical dict (numpy arrays), so conversions are bit-exact.
+The PyTorch state-dict names are the canonical ones except LayerNorm leaves: the table below.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+
+import numpy as np
+
+from bort_core import checkpoint as ckpt
+from bort_core.configs import get_config
+
+# The one table between bort_torch's state-dict names and the canonical (GluonNLP) names:
+# PyTorch's LayerNorm calls gamma/beta `weight`/`bias`. LayerNorms are the blocks named
+# `layer_norm` and the decoder's third layer.
+CANONICAL_TO_TORCH_LEAF = {"gamma": "weight", "beta": "bias"}
+_TORCH_LAYER_NORM = re.compile(r"(^|\.)(layer_norm|decoder\.2)\.(weight|bias)$")
+_TORCH_TO_CANONICAL_LEAF = {v: k for k, v in CANONICAL_TO_TORCH_LEAF.items()}
+
+
+def torch_name(name: str) -> str:
+    owner, _, leaf = name.rpartition(".")
+    return "%s.%s" % (owner, CANONICAL_TO_TORCH_LEAF.get(leaf, leaf))
+
+
+def canonical_name(name: str) -> str:
+    if _TORCH_LAYER_NORM.search(name):
+        owner, _, leaf = name.rpartition(".")
+        return "%s.%s" % (owner, _TORCH_TO_CANONICAL_LEAF[leaf])
+    return name
+
+
+def to_torch_state(params):
+    """Canonical dict -> bort_torch state-dict names (the tied decoder weight included, as
+    `BortModel.state_dict()` lists it)."""
+    return OrderedDict((torch_name(n), v) for n, v in ckpt.add_tied_decoder(params).items())
+
+
+def from_torch_state(state):
+    """bort_torch state-dict names -> canonical dict (tied decoder copy kept for validation)."""
+    return OrderedDict((canonical_name(n), v) for n, v in state.items())
+
+
+def detect_format(path: str) -> str:
+    if path.endswith(".params"):
+        return "params"
+    if path.endswith(".pt") or path.endswith(".pth"):
+        return "pt"
+    if path.endswith(".safetensors"):
+        return "safetensors"
+    if os.path.isdir(path) or not os.path.splitext(path)[1]:
+        return "hf"
+    raise ValueError("%s: unknown checkpoint format; use .params, .pt, .safetensors or an "
+                     "HF directory" % path)
+
+
+def read_checkpoint(path: str, config=None):
+    """(config, canonical params) from any supported format; `config` (a name or JSON path)
+    is needed only where the file cannot tell the number of heads."""
+    fmt = detect_format(path)
+    if fmt != "hf" and not os.path.exists(path):
+        raise FileNotFoundError("checkpoint %s does not exist" % path)
+    if fmt == "params":
+        return ckpt.load_checkpoint(path, config)
+    if fmt == "hf":
+        from bort_core import hf
+
+        hf_config, params = hf.load_hf(path)
+        if config is not None:
+            hf_config = get_config(config, vocab_size=hf_config.vocab_size)
+        return hf_config, ckpt.validate_params(params, hf_config, source=path)
+    if fmt == "safetensors":
+        from safetensors.numpy import load_file
+
+        state = load_file(path)
+    else:
+        import torch
+
+        state = {k: v.numpy() for k, v in torch.load(path, map_location="cpu",
+                                                       weights_only=True).items()}
+    return ckpt.resolve_checkpoint(from_torch_state(state), path, config)
+
+
+def write_checkpoint(path: str, config, params) -> None:
+    """Write canonical params in the format `path` names, atomically."""
+    fmt = detect_format(path)
+    if fmt == "params":
+        ckpt.save_params(path, params, store_tied_decoder=True)
+    elif fmt == "hf":
+        from bort_core import hf
+
+        hf.save_hf(path, config, params)
+    elif fmt == "safetensors":
+        from safetensors.numpy import save_file
+
+        state = OrderedDict((k, np.ascontiguousarray(v)) for k, v in to_torch_state(params).items()
+                            if not k.endswith(ckpt.TIED_DECODER))   # safetensors stores no aliases
+        _atomic(path, lambda tmp: save_file(state, tmp))
+    else:
+        import torch
+
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
+        state = OrderedDict((torch_name(k), t) for k, t in tensors.items())
+        if ckpt.DECODER_BIAS in params:   # the tied weight is one tensor under two names
+            state[torch_name(ckpt.TIED_DECODER)] = tensors[ckpt.WORD_EMBED]
+        _atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def _atomic(path, write):
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def register(sub):
+    p = sub.add_parser("convert", help="convert a checkpoint between .params, .pt, "
+                       ".safetensors and HuggingFace directories",
+                       description=__doc__.split("\n\n")[0] + ". Formats: .params (MXNet), "
+                       ".pt / .safetensors (PyTorch), a directory (HuggingFace BertForMaskedLM).")
+    p.add_argument("src", help="checkpoint to read")
+    p.add_argument("dst", help="where to write; the format follows the extension")
+    p.add_argument("--config", help="config name or JSON (needed when SRC cannot tell the "
+                   "number of heads; the vocabulary size always comes from SRC)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    if os.path.exists(args.dst) and not args.overwrite:
+        raise ValueError("%s exists; pass --overwrite to replace it" % args.dst)
+    config, params = read_checkpoint(args.src, args.config)
+    write_checkpoint(args.dst, config, params)
+    print("%s -> %s: %s, %d tensors" % (args.src, args.dst, config.name, len(params)))
+    return 0

@@ -1,0 +1,178 @@
+"""python -m parity {inputs, dump, compare, grads}: does bort_gluon compute what bort_torch does?
+
+  python -m parity inputs --out in.npz --config bort_4_8_768_1024
+  python -m parity dump --framework gluon --checkpoint bort.params --config bort_4_8_768_1024 \\
+      --inputs in.npz --out gluon.npz
+  python -m parity dump --framework torch ... --out torch.npz
+  python -m parity compare gluon.npz torch.npz [--json report.json]
+  python -m parity grads --config bort_4_8_768_1024
+
+`compare` and `grads` exit 1 when a tap or a gradient is beyond tolerance.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from parity import io
+
+FRAMEWORKS = ("gluon", "torch", "legacy")
+
+
+def build_model(framework, config_name, checkpoint, num_classes):
+    """(backbone, classifier or None) in eval mode, dropout off, from a .params checkpoint."""
+    if framework == "gluon":
+        from bort_gluon import model as m
+    else:
+        from bort_torch import model as m
+    from bort_core import checkpoint as ckpt
+
+    config, params = ckpt.load_checkpoint(checkpoint, config_name)
+    head = None
+    if ckpt.is_classifier(params):
+        params, head = ckpt.split_classifier(params, source=checkpoint)
+    if num_classes and head is None:
+        raise ValueError("%s: --num-classes asks for classifier_logits, but the checkpoint has "
+                         "no classifier head (classifier.*)" % checkpoint)
+    backbone = m.BortModel(config.without_dropout())
+    classifier = None
+    target, values = backbone, params
+    if num_classes:
+        classifier = m.BortClassifier(backbone, num_classes, dropout=0.0)
+        target, values = classifier, ckpt.join_classifier(params, head)
+    if framework == "gluon":
+        m.initialize_like_release(target)
+    m.set_params(target, values, checkpoint)
+    if framework == "torch":
+        target.eval()
+    return backbone, classifier
+
+
+def cmd_inputs(args):
+    from bort_core.configs import get_config
+
+    vocab = args.vocab_size or get_config(args.config).vocab_size
+    io.save_inputs(args.out, io.make_inputs(args.batch_size, args.seq_len, vocab,
+                                            args.num_masked, args.seed))
+    print("wrote %s (batch %d, length %d, %d masked positions each)"
+          % (args.out, args.batch_size, args.seq_len, args.num_masked))
+    return 0
+
+
+def cmd_dump(args):
+    if args.framework == "legacy":   # the 2020 stack (Python 3.7, gluonnlp 0.8.3)
+        from parity import legacy
+        legacy.dump(args.config, args.checkpoint, args.inputs, args.out)
+        return 0
+    from parity import dump
+    inputs = io.load_inputs(args.inputs)
+    backbone, classifier = build_model(args.framework, args.config, args.checkpoint,
+                                       args.num_classes)
+    collect = dump.gluon_taps if args.framework == "gluon" else dump.torch_taps
+    taps = collect(backbone, inputs, classifier)
+    io.save_taps(args.out, taps)
+    print("wrote %s: %s" % (args.out, ", ".join(sorted(taps))))
+    return 0
+
+
+def cmd_compare(args):
+    from parity.compare import compare_taps, format_table
+
+    rows = compare_taps(io.load_taps(args.a), io.load_taps(args.b))
+    print(format_table(rows))
+    ok = all(r["ok"] for r in rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"a": args.a, "b": args.b, "ok": ok, "taps": rows}, f, indent=2)
+    print("parity: %s" % ("PASS" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
+def cmd_grads(args):
+    from bort_core.configs import get_config
+    from bort_gluon import model as gm
+    from bort_torch import model as tm
+    from parity import grads
+
+    config = get_config(args.config).without_dropout()
+    inputs = io.make_inputs(args.batch_size, args.seq_len, config.vocab_size, 5, args.seed)
+    params = io.random_params(config, args.seed, num_classes=args.num_classes)
+    g = gm.BortClassifier(gm.BortModel(config), args.num_classes, dropout=0.0)
+    gm.initialize_like_release(g)
+    gm.set_params(g, params)
+    t = tm.BortClassifier(tm.BortModel(config), args.num_classes, dropout=0.0)
+    tm.set_params(t, params)
+    loss_g, grads_g = grads.gluon_grads(g, inputs, args.num_classes)
+    loss_t, grads_t = grads.torch_grads(t, inputs, args.num_classes)
+    rows = grads.compare_grads(grads_g, grads_t)
+    ok = all(r["ok"] for r in rows)
+    print("loss: gluon %.8f  torch %.8f" % (loss_g, loss_t))
+    print("%-70s %12s" % ("parameter (worst first)", "rel_l2"))
+    for r in rows[: args.show]:
+        print("%-70s %12.3e" % (r["param"], r.get("rel_l2", float("nan"))))
+    print("%d parameters, worst rel L2 %.3e (tolerance %.0e): %s"
+          % (len(rows), rows[0].get("rel_l2", float("inf")), grads.GRAD_TOLERANCE,
+             "PASS" if ok else "FAIL"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "loss": [loss_g, loss_t], "ok": ok, "params": rows},
+                      f, indent=2)
+    return 0 if ok else 1
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("inputs", help="write a padded inputs file (distinct valid lengths)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", default="bort_4_8_768_1024", help="for its vocabulary size")
+    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--num-masked", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_inputs)
+
+    p = sub.add_parser("dump", help="run one framework on an inputs file, write every tap")
+    p.add_argument("--framework", required=True, choices=FRAMEWORKS)
+    p.add_argument("--checkpoint", required=True, help=".params file (2020 format)")
+    p.add_argument("--config", default="bort_4_8_768_1024")
+    p.add_argument("--inputs", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-classes", type=int, default=0,
+                   help="also dump classifier_logits (the checkpoint must hold a classifier head)")
+    p.set_defaults(run=cmd_dump)
+
+    p = sub.add_parser("compare", help="per-tap error table; exit 1 beyond tolerance")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", help="write the report as JSON")
+    p.set_defaults(run=cmd_compare)
+
+    p = sub.add_parser("grads", help="gradients of MLM + classifier loss in both frameworks")
+    p.add_argument("--config", default="bort_4_8_768_1024")
+    p.add_argument("--num-classes", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=10, help="rows of the table to print")
+    p.add_argument("--json")
+    p.set_defaults(run=cmd_grads)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as err:
+        print("parity %s: error: %s" % (args.command, err), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
