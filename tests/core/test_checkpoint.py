@@ -456,3 +456,23 @@ def test_interrupt_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_ndarrays(str(tmp_path / "new.params"), {"w": np.zeros(2, np.float32)})
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_load_model_params_and_resolve_checkpoint(tmp_path):
+    full = _params(TINY)
+    path = str(tmp_path / "full.params")
+    ckpt.save_params(path, full, store_tied_decoder=True)
+    config, params = ckpt.load_model_params(path, TINY)
+    assert config is TINY and list(params) == list(arch.canonical_shapes(TINY))
+    _, params = ckpt.load_model_params(path, TINY, with_decoder=False)
+    assert list(params) == list(arch.canonical_shapes(TINY, with_decoder=False))
+    head = OrderedDict((n, np.zeros(s, np.float32))
+                       for n, s in arch.classifier_shapes(TINY, 2).items())
+    cls_path = str(tmp_path / "cls.params")
+    ckpt.save_params(cls_path, ckpt.join_classifier(_params(TINY, with_decoder=False), head))
+    _, params = ckpt.load_model_params(cls_path, TINY, with_decoder=False)
+    assert list(params) == list(arch.canonical_shapes(TINY, with_decoder=False))
+    with pytest.raises(ValueError, match="cls.params: the checkpoint has no MLM decoder"):
+        ckpt.load_model_params(cls_path, TINY)
+    config, params = ckpt.resolve_checkpoint(full, "<memory>", TINY)
+    assert list(params) == list(arch.canonical_shapes(TINY))
