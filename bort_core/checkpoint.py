@@ -292,7 +292,8 @@ def _fsync_dir(directory):
 
 def save_params(path, params, store_tied_decoder=False):
     """Write named parameters. `store_tied_decoder=True` also stores the word embedding as
-    `decoder.3.weight` (before `decoder.3.bias`), as the 2020 files do."""
+    `decoder.3.weight` (before `decoder.3.bias`), as the 2020 files do: mxnet 1.5.0's
+    `Block.load_parameters` requires it (1.9.1 does not)."""
     if store_tied_decoder:
         params = add_tied_decoder(params)
     save_ndarrays(path, params)
