@@ -13,6 +13,7 @@ import sys
 # command name -> module that registers it (kept in the order `bort --help` lists them)
 COMMANDS = {
     "config": "bort_core.commands.config",
+    "create-pretraining-data": "bort_core.commands.data",
 }
 
 FRAMEWORKS = ("gluon", "torch")

@@ -7,6 +7,7 @@ same Python version reproduces them byte for byte.
 
 Layout of `bort_core/data/demo/`:
     corpus.txt                      one sentence per line, a blank line between documents
+                                    (read it with `pretraining.read_documents`)
     vocab.json merges.txt dict.txt  byte-level BPE in the real RoBERTa file formats
     tasks/demo-pair/                sentence-pair classification (GLUE WNLI layout)
     tasks/demo-single/              single-sentence classification (GLUE SST-2 layout)
@@ -101,21 +102,6 @@ def build_corpus(max_bytes: int = 1_800_000, root: str = "") -> List[List[str]]:
 def write_corpus(documents: Sequence[Sequence[str]], path: str) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\n\n".join("\n".join(doc) for doc in documents) + "\n")
-
-
-def read_documents(path: str) -> Iterator[List[str]]:
-    """Documents of a pretraining-format text file (one sentence a line, blank between docs)."""
-    doc = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                doc.append(line)
-            elif doc:
-                yield doc
-                doc = []
-    if doc:
-        yield doc
 
 
 # ----------------------------------------------------------------------------------- BPE training

@@ -8,10 +8,11 @@ import pytest
 
 from bort_core.configs import DEMO_VOCAB_SIZE
 from bort_core.data import demo
+from bort_core.data.pretraining import read_documents
 
 
 def test_corpus_format_and_size():
-    docs = list(demo.read_documents(demo.CORPUS_PATH))
+    docs = list(read_documents(demo.CORPUS_PATH))
     assert len(docs) > 100 and all(len(d) >= 2 for d in docs)
     assert os.path.getsize(demo.CORPUS_PATH) <= 2_000_000
     with open(demo.CORPUS_PATH, encoding="utf-8") as f:
@@ -25,7 +26,7 @@ def test_notice_names_the_psf_license():
 
 
 def test_vocabulary_is_reproduced_from_the_shipped_corpus(tmp_path):
-    docs = list(demo.read_documents(demo.CORPUS_PATH))
+    docs = list(read_documents(demo.CORPUS_PATH))
     demo.write_vocabulary(docs, DEMO_VOCAB_SIZE, str(tmp_path))
     for name in ("vocab.json", "merges.txt", "dict.txt"):
         assert filecmp.cmp(str(tmp_path / name), os.path.join(demo.DEMO_DIR, name), shallow=False)

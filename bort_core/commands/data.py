@@ -1,0 +1,58 @@
+"""`bort create-pretraining-data` and `bort data check`: the text-side commands."""
+from __future__ import annotations
+
+import json
+
+from bort_core.tokenizer import load_tokenizer
+
+
+def _add_vocab_args(p):
+    p.add_argument("--vocab", metavar="PATH",
+                   help="directory or file of the BPE vocabulary (encoder.json/vocab.json, or a "
+                   "GluonNLP .vocab); default: the embedded demo vocabulary")
+    p.add_argument("--merges", metavar="PATH", help="vocab.bpe / merges.txt (default: next to "
+                   "--vocab)")
+    p.add_argument("--dict", dest="dictionary", metavar="PATH",
+                   help="fairseq dict.txt (default: next to --vocab)")
+
+
+def register(sub):
+    p = sub.add_parser("create-pretraining-data", help="text -> masked-LM .npz shards",
+                       description="Create BERT-style masked-LM instances from text files (one "
+                       "sentence per line, blank line between documents) and write "
+                       "part-%%03d.npz shards in the 2020 format.")
+    p.add_argument("--input", nargs="+", metavar="FILES",
+                   help="input files, globs or comma-separated lists (default: the embedded "
+                   "demo corpus)")
+    p.add_argument("--output-dir", required=True, metavar="DIR")
+    _add_vocab_args(p)
+    p.add_argument("--max-seq-length", type=int, default=512)
+    p.add_argument("--masked-lm-prob", type=float, default=0.15)
+    p.add_argument("--max-predictions-per-seq", type=int, default=80)
+    p.add_argument("--short-seq-prob", type=float, default=0.1)
+    p.add_argument("--dupe-factor", type=int, default=1)
+    p.add_argument("--whole-word-mask", action="store_true")
+    p.add_argument("--num-outputs", type=int, default=1, help="number of .npz shards")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--docs-per-chunk", type=int, default=256,
+                   help="documents per work unit; random next sentences come from the same unit")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_create)
+
+
+def run_create(args):
+    from bort_core.data.demo import CORPUS_PATH
+    from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
+    options = PretrainingOptions(
+        max_seq_length=args.max_seq_length, masked_lm_prob=args.masked_lm_prob,
+        max_predictions_per_seq=args.max_predictions_per_seq,
+        short_seq_prob=args.short_seq_prob, dupe_factor=args.dupe_factor,
+        whole_word_mask=args.whole_word_mask, seed=args.seed,
+        docs_per_chunk=args.docs_per_chunk)
+    tokenizer = load_tokenizer(args.vocab, args.merges, args.dictionary)
+    stats = create_pretraining_data(args.input or [CORPUS_PATH], args.output_dir, tokenizer,
+                                    options, args.num_outputs, args.num_workers,
+                                    progress=not args.quiet)
+    print(json.dumps(stats, indent=2))
+    return 0

@@ -1,0 +1,211 @@
+"""create-pretraining-data: the 2020 format without release bugs B1-B4, determinism, statistics."""
+import filecmp
+import os
+import random
+
+import numpy as np
+import pytest
+
+from bort_core.data import pretraining as pt
+from bort_core.data.demo import CORPUS_PATH
+from bort_core.tokenizer import load_tokenizer
+
+DTYPES = {"input_ids": np.int32, "segment_ids": np.int32, "masked_lm_positions": np.int32,
+          "masked_lm_ids": np.int32, "masked_lm_weights": np.float32}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The first 80 documents of the demo corpus, and their texts."""
+    docs = list(pt.read_documents(CORPUS_PATH))[:80]
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
+    return str(path), docs
+
+
+def _make(corpus, tok, out, workers=1, outputs=2, **kw):
+    kw.setdefault("max_seq_length", 128)
+    kw.setdefault("max_predictions_per_seq", 20)
+    kw.setdefault("docs_per_chunk", 16)
+    stats = pt.create_pretraining_data([corpus[0]], str(out), tok, pt.PretrainingOptions(**kw),
+                                       num_outputs=outputs, num_workers=workers, progress=False)
+    return stats, [dict(np.load(p, allow_pickle=True)) for p in stats["files"]]
+
+
+@pytest.fixture(scope="module")
+def shards(corpus, tok, tmp_path_factory):
+    return _make(corpus, tok, tmp_path_factory.mktemp("out"))
+
+
+def _instances(shards):
+    for shard in shards[1]:
+        for i in range(len(shard["valid_lengths"])):
+            yield {k: v[i] for k, v in shard.items()}
+
+
+def test_fields_and_dtypes_are_the_2020_ones(shards):
+    stats, loaded = shards
+    assert len(loaded) == 2 and stats["instances"] > 200
+    assert sum(len(s["valid_lengths"]) for s in loaded) == stats["instances"]
+    for shard in loaded:
+        assert sorted(shard) == sorted(pt.FIELDS)
+        n = len(shard["valid_lengths"])
+        for name, dtype in DTYPES.items():
+            assert shard[name].dtype == object and shard[name].shape == (n,)
+            assert all(a.dtype == dtype and a.ndim == 1 for a in shard[name])
+        for name in ("next_sentence_labels", "valid_lengths"):
+            assert shard[name].dtype == np.int32 and shard[name].shape == (n,)
+
+
+def test_layout_special_ids_and_lengths_b2(shards, tok):
+    for inst in _instances(shards):
+        ids, seg = inst["input_ids"], inst["segment_ids"]
+        n = int(inst["valid_lengths"])
+        assert len(ids) == len(seg) == n <= 128
+        assert ids.max() < len(tok) and ids.min() >= 0      # B2: nothing beyond the embedding
+        assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+        sep = int(np.argmax(seg)) - 1
+        assert ids[sep] == tok.eos_id and (seg[:sep + 1] == 0).all() and (seg[sep + 1:] == 1).all()
+        specials = {0, sep, n - 1}
+        assert not specials & set(inst["masked_lm_positions"].tolist())
+        assert list(inst["masked_lm_positions"]) == sorted(inst["masked_lm_positions"])
+        assert (inst["masked_lm_weights"] == 1).all()
+        assert len(inst["masked_lm_ids"]) == min(20, max(1, int(round(n * 0.15))))
+
+
+def _restore(inst):
+    ids = inst["input_ids"].copy()
+    ids[inst["masked_lm_positions"]] = inst["masked_lm_ids"]
+    sep = int(np.argmax(inst["segment_ids"])) - 1
+    return ids[1:sep], ids[sep + 1:-1]
+
+
+def test_text_is_real_tokens_and_nsp_labels_are_right_b1(shards, corpus, tok):
+    texts = ["".join(d) for d in corpus[1]]
+    labels = []
+    for inst in _instances(shards):
+        a, b = _restore(inst)
+        assert tok.unk_id not in a and tok.unk_id not in b   # B1: text never becomes <unk>
+        a, b = tok.decode(a), tok.decode(b)
+        homes = [i for i, t in enumerate(texts) if a in t]
+        assert homes, a
+        label = int(inst["next_sentence_labels"])
+        if label == 0:     # B continues A in the same document
+            assert any(b in texts[i] for i in homes), (a, b)
+        else:              # B comes from another document
+            assert any(b in t for j, t in enumerate(texts) if j not in homes or len(homes) > 1)
+        labels.append(label)
+    assert 0.4 < np.mean(labels) < 0.65
+
+
+def test_masking_statistics_match_the_flags(corpus, tok, tmp_path):
+    stats, loaded = _make(corpus, tok, tmp_path, masked_lm_prob=0.15,
+                          max_predictions_per_seq=1000, dupe_factor=3)
+    masked = kept = mask = 0
+    for inst in _instances((stats, loaded)):
+        pos, orig = inst["masked_lm_positions"], inst["masked_lm_ids"]
+        now = inst["input_ids"][pos]
+        masked += len(pos)
+        mask += int((now == tok.mask_id).sum())
+        kept += int((now == orig).sum())
+    share = masked / stats["tokens"]
+    assert abs(share - 0.15) < 0.01                           # rounding per sequence only
+    p = np.array([mask, kept, masked - mask - kept]) / masked
+    sigma = np.sqrt(np.array([0.8 * 0.2, 0.1 * 0.9, 0.1 * 0.9]) / masked)
+    assert (np.abs(p - [0.8, 0.1, 0.1]) < 4 * sigma).all(), (p, masked)
+
+
+def test_random_replacements_are_ordinary_tokens(shards, tok):
+    for inst in _instances(shards):
+        now = inst["input_ids"][inst["masked_lm_positions"]]
+        replaced = now[(now != tok.mask_id) & (now != inst["masked_lm_ids"])]
+        assert not set(replaced.tolist()) & set(tok.special_ids)
+
+
+def test_whole_word_groups_follow_word_starts(tok):
+    maker = pt.InstanceMaker(tok, pt.PretrainingOptions(whole_word_mask=True,
+                                                        max_predictions_per_seq=100))
+    # coded tokens (id << 1 | starts_word): <s> [w w w][w][w w] </s> [w w][w] </s>
+    flags = [1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 1, 1]
+    coded = [(10 << 1) | f for f in flags]
+    for seed in range(30):
+        positions, labels, ids = maker._mask(coded, 7, random.Random(seed))
+        words = [[1, 2, 3], [4], [5, 6], [8, 9], [10]]
+        assert all(set(w) <= set(positions) or not set(w) & set(positions) for w in words)
+        assert labels == [10] * len(positions)
+
+
+def test_whole_word_mask_masks_whole_words_b3(corpus, tok, tmp_path):
+    stats, loaded = _make(corpus, tok, tmp_path, whole_word_mask=True)
+    multi = 0
+    for inst in _instances((stats, loaded)):
+        a, b = _restore(inst)
+        masked = set(inst["masked_lm_positions"].tolist())
+        for offset, seg in ((1, a), (len(a) + 2, b)):
+            for k in range(1, len(seg)):
+                if offset + k in masked and not tok.is_word_start(int(seg[k])):
+                    # a masked word piece: the previous piece is masked too, or ends a sentence
+                    # (each sentence's first token starts a word)
+                    assert offset + k - 1 in masked or \
+                        tok.decode(seg[k - 1:k]).endswith((".", "!", "?"))
+                    multi += offset + k - 1 in masked
+    assert multi > 50     # words of several BPE pieces were masked together
+
+
+def test_deterministic_for_seed_and_independent_of_workers(corpus, tok, tmp_path):
+    one, _ = _make(corpus, tok, tmp_path / "w1", workers=1)
+    two, _ = _make(corpus, tok, tmp_path / "w2", workers=2)
+    again, _ = _make(corpus, tok, tmp_path / "again", workers=2)
+    other, _ = _make(corpus, tok, tmp_path / "seed", workers=1, seed=7)
+    for f1, f2, f3, f4 in zip(one["files"], two["files"], again["files"], other["files"]):
+        a = dict(np.load(f1, allow_pickle=True))
+        for f in (f2, f3):
+            b = dict(np.load(f, allow_pickle=True))
+            assert all(np.array_equal(np.concatenate(a[k]) if a[k].dtype == object else a[k],
+                                      np.concatenate(b[k]) if b[k].dtype == object else b[k])
+                       for k in pt.FIELDS)
+        assert not filecmp.cmp(f1, f4, shallow=False)
+
+
+def test_chunks_get_their_own_random_streams(corpus, tok, tmp_path):
+    # the same documents in two chunks must not be masked identically (workers sharing one
+    # RNG state was a release bug)
+    text = open(corpus[0], encoding="utf-8").read()
+    path = tmp_path / "twice.txt"
+    path.write_text(text + "\n" + text, encoding="utf-8")
+    n_docs = len(corpus[1])
+    stats = pt.create_pretraining_data(
+        [str(path)], str(tmp_path / "out"), tok,
+        pt.PretrainingOptions(max_seq_length=64, docs_per_chunk=n_docs), 1, progress=False)
+    shard = np.load(stats["files"][0], allow_pickle=True)
+    positions = {tuple(p) for p in shard["masked_lm_positions"]}
+    assert len(positions) > 0.9 * len(shard["masked_lm_positions"])
+
+
+def test_equal_lengths_stay_one_dimensional_object_arrays_b4(tmp_path):
+    writer = pt.ShardWriter(str(tmp_path), 1, seed=0)
+    for k in range(3):
+        writer.add({"input_ids": np.arange(6, dtype=np.int32) + k,
+                    "segment_ids": np.array([0, 0, 0, 1, 1, 1], dtype=np.int32),
+                    "masked_lm_positions": np.array([1, 4], dtype=np.int32),
+                    "masked_lm_ids": np.array([7, 8], dtype=np.int32),
+                    "next_sentence_labels": k % 2})
+    (path,) = writer.close()
+    shard = np.load(path, allow_pickle=True)
+    for name in DTYPES:
+        assert shard[name].shape == (3,) and shard[name].dtype == object
+    assert sorted(int(a[0]) for a in shard["input_ids"]) == [0, 1, 2]
+    assert not [n for n in os.listdir(str(tmp_path)) if n.endswith(".spool")]
+
+
+def test_bad_arguments_are_reported(tok, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no input file matches"):
+        pt.create_pretraining_data([str(tmp_path / "*.nope")], str(tmp_path), tok,
+                                   progress=False)
+    with pytest.raises(ValueError, match="masked_lm_prob"):
+        pt.PretrainingOptions(masked_lm_prob=1.5)
