@@ -3,7 +3,7 @@
 Formats, picked by the path:
   *.params          MXNet/GluonNLP NDArray file, canonical names (the 2020 format)
   *.pt              PyTorch state dict of bort_torch.BortModel (loaded with weights_only)
-  *.safetensors     the same state dict as safetensors (no PyTorch needed)
+  *.safetensors     the same state dict as safetensors (no PyTorch needed), config in metadata
   DIR/ (or no ext)  HuggingFace BertForMaskedLM directory: config.json + model.safetensors
 
 Everything passes through the canonical dict (numpy arrays), so conversions are bit-exact.
@@ -11,6 +11,7 @@ The PyTorch state-dict names are the canonical ones except LayerNorm leaves: the
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import OrderedDict
@@ -18,7 +19,7 @@ from collections import OrderedDict
 import numpy as np
 
 from bort_core import checkpoint as ckpt
-from bort_core.configs import get_config
+from bort_core.configs import BortConfig, get_config
 
 # The one table between bort_torch's state-dict names and the canonical (GluonNLP) names:
 # PyTorch's LayerNorm calls gamma/beta `weight`/`bias`. LayerNorms are the blocks named
@@ -80,9 +81,14 @@ def read_checkpoint(path: str, config=None):
             hf_config = get_config(config, vocab_size=hf_config.vocab_size)
         return hf_config, ckpt.validate_params(params, hf_config, source=path)
     if fmt == "safetensors":
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
         state = load_file(path)
+        with safe_open(path, framework="numpy") as f:
+            stored = (f.metadata() or {}).get("bort_config")
+        if config is None and stored:
+            config = BortConfig.from_dict(json.loads(stored), source=path)
     else:
         import torch
 
@@ -105,7 +111,8 @@ def write_checkpoint(path: str, config, params) -> None:
 
         state = OrderedDict((k, np.ascontiguousarray(v)) for k, v in to_torch_state(params).items()
                             if not k.endswith(ckpt.TIED_DECODER))   # safetensors stores no aliases
-        _atomic(path, lambda tmp: save_file(state, tmp))
+        metadata = {"format": "pt", "bort_config": json.dumps(config.to_dict())}
+        _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     else:
         import torch
 
@@ -116,10 +123,19 @@ def write_checkpoint(path: str, config, params) -> None:
         _atomic(path, lambda tmp: torch.save(state, tmp))
 
 
+def readable_by_all(path: str) -> None:
+    """Give a file or folder made through a temp path the modes a plain write would (temp
+    files are private), honouring the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def _atomic(path, write):
     tmp = "%s.tmp-%d" % (path, os.getpid())
     try:
         write(tmp)
+        readable_by_all(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -140,6 +156,7 @@ def register(sub):
 
 
 def run(args):
+    detect_format(args.dst)
     if os.path.exists(args.dst) and not args.overwrite:
         raise ValueError("%s exists; pass --overwrite to replace it" % args.dst)
     config, params = read_checkpoint(args.src, args.config)

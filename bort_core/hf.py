@@ -93,6 +93,8 @@ def save_hf(directory: str, config: BortConfig, params) -> None:
     """Write `config.json` + `model.safetensors` (written to a temp dir, then moved in)."""
     from safetensors.numpy import save_file
 
+    from bort_core.convert import readable_by_all
+
     tensors = OrderedDict((hf_name(n), np.ascontiguousarray(v)) for n, v in params.items())
     if not config.token_type_vocab_size:
         tensors[_TOKEN_TYPE] = np.zeros((1, config.units), dtype=params["word_embed.0.weight"].dtype)
@@ -103,6 +105,8 @@ def save_hf(directory: str, config: BortConfig, params) -> None:
         save_file(tensors, os.path.join(staging, WEIGHTS_NAME), metadata={"format": "pt"})
         with open(os.path.join(staging, CONFIG_NAME), "w") as f:
             json.dump(hf_config(config), f, indent=2)
+        for path in (staging, os.path.join(staging, WEIGHTS_NAME)):
+            readable_by_all(path)
         if os.path.isdir(directory):
             for name in (WEIGHTS_NAME, CONFIG_NAME):
                 os.replace(os.path.join(staging, name), os.path.join(directory, name))

@@ -57,9 +57,10 @@ class BortModel(BERTModel):
         return decoder
 
     def __call__(self, inputs, valid_length=None, masked_positions=None, token_types=None):
-        # BERTModel's slot order is (inputs, token_types, ...); an empty list stands for "none".
+        # BERTModel's slot order is (inputs, token_types, ...); an empty list stands for "none",
+        # and a model with token types reads all-zero types unless told otherwise.
         if token_types is None:
-            token_types = []
+            token_types = inputs.zeros_like() if self._use_token_type_embed else []
         return HybridBlock.__call__(self, inputs, token_types, valid_length, masked_positions)
 
     def hybrid_forward(self, F, inputs, token_types, valid_length=None, masked_positions=None):
