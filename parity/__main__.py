@@ -1,5 +1,7 @@
-"""python -m parity {inputs, dump, compare, grads}: does bort_gluon compute what bort_torch does?
+"""python -m parity {checkpoint, inputs, dump, compare, grads}: does bort_gluon compute what
+bort_torch does?
 
+  python -m parity checkpoint --config bort_4_8_768_1024 --out bort.params   # non-trivial weights
   python -m parity inputs --out in.npz --config bort_4_8_768_1024
   python -m parity dump --framework gluon --checkpoint bort.params --config bort_4_8_768_1024 \\
       --inputs in.npz --out gluon.npz
@@ -47,6 +49,18 @@ def build_model(framework, config_name, checkpoint, num_classes):
     if framework == "torch":
         target.eval()
     return backbone, classifier
+
+
+def cmd_checkpoint(args):
+    from bort_core import checkpoint as ckpt
+    from bort_core.configs import get_config
+
+    config = get_config(args.config)
+    ckpt.save_params(args.out, io.random_params(config, args.seed, num_classes=args.num_classes),
+                     store_tied_decoder=True)
+    print("wrote %s (%s, seed %d%s)" % (args.out, config.name, args.seed,
+                                         ", %d-class head" % args.num_classes if args.num_classes else ""))
+    return 0
 
 
 def cmd_inputs(args):
@@ -126,6 +140,14 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    p = sub.add_parser("checkpoint", help="write a .params file with non-trivial random weights "
+                       "(biases and LayerNorms away from their defaults)")
+    p.add_argument("--config", default="bort_4_8_768_1024")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-classes", type=int, default=0, help="add a classifier head")
+    p.set_defaults(run=cmd_checkpoint)
 
     p = sub.add_parser("inputs", help="write a padded inputs file (distinct valid lengths)")
     p.add_argument("--out", required=True)
