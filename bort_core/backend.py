@@ -1,0 +1,63 @@
+"""The Backend protocol: the only way extraction (OSE) and Agora touch a framework.
+
+`bort_gluon.backend.Backend` and `bort_torch.backend.Backend` implement it; `get_backend(name)`
+picks one at run time. Everything crossing this boundary is framework-neutral: configs, numpy
+batches (dicts of arrays in the parity/pretraining formats), paths, floats and dicts of floats.
+A "model" is an opaque handle owned by the backend.
+
+Batches
+- MLM batch: `input_ids` (B, L) int32, `valid_length` (B,) int32, `masked_positions` (B, M)
+  int32, `masked_ids` (B, M) int32, `masked_weights` (B, M) float32 (0 for padding slots).
+- Classification batch: `input_ids`, `valid_length`, `labels` (B,) int64 or float32 (regression).
+
+Hyper-parameters (`hparams`, a dict): `lr`, `weight_decay`, `warmup_ratio`, `batch_size`,
+`seed`, `clip_norm`, and, for distillation, `temperature`, `mlm_weight`, `teacher_ce_weight`.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional
+
+from bort_core.configs import BortConfig
+
+try:  # Protocol is 3.8+; the legacy (3.7) env never needs this module's typing
+    from typing import Protocol
+except ImportError:  # pragma: no cover
+    Protocol = object
+
+
+class Backend(Protocol):
+    name: str   # "gluon" or "torch"
+
+    def build(self, config: BortConfig, seed: int = 0, num_classes: Optional[int] = None):
+        """A freshly initialised model: MLM (backbone + tied decoder), or a BortClassifier."""
+
+    def load(self, config: BortConfig, path: str, num_classes: Optional[int] = None):
+        """A model from a canonical `.params` checkpoint."""
+
+    def save(self, model, path: str) -> None:
+        """Write the model as a canonical `.params` checkpoint, atomically."""
+
+    def train_mlm(self, model, batches: Iterable[Dict], steps: int, hparams: Dict,
+                  teacher=None) -> List[Dict[str, float]]:
+        """`steps` optimizer steps of MLM (+ distillation from `teacher`); per-step log rows."""
+
+    def evaluate_mlm(self, model, batches: Iterable[Dict], teacher=None) -> Dict[str, float]:
+        """`mlm_loss`, `mlm_acc` (and `kd_loss` with a teacher) over the batches, eval mode."""
+
+    def train_classifier(self, model, batches: Iterable[Dict], steps: int,
+                         hparams: Dict) -> List[Dict[str, float]]:
+        """`steps` optimizer steps of classification/regression fine-tuning."""
+
+    def predict(self, model, batches: Iterable[Dict]):
+        """Logits (N, C) as one numpy array, in batch order, eval mode."""
+
+    def latency(self, model, batch_size: int, seq_len: int, repeats: int = 10) -> float:
+        """Median seconds per forward of a (batch_size, seq_len) batch, warm-up excluded."""
+
+
+def get_backend(name: str) -> Backend:
+    """`bort_<name>.backend.Backend()`, with an install hint when the framework is missing."""
+    from bort_core.cli import load_framework
+
+    return load_framework(name, "backend").Backend()
+
