@@ -129,7 +129,8 @@ def get_params(block: HybridBlock):
 
 
 def set_params(block: HybridBlock, params, source: str = "<params>") -> None:
-    """Copy a canonical dict into the block; names and shapes must match exactly."""
+    """Copy a canonical dict into an initialised block (see `initialize_like_release`); names
+    and shapes must match exactly."""
     named = named_parameters(block)
     missing = sorted(set(named) - set(params))
     unexpected = sorted(set(params) - set(named))
@@ -138,8 +139,6 @@ def set_params(block: HybridBlock, params, source: str = "<params>") -> None:
                          % (source, missing[:8] or "none", unexpected[:8] or "none"))
     for name, param in named.items():
         value = np.asarray(params[name])
-        if 0 in param.shape:   # deferred (Dense in_units unknown until the first forward)
-            param.shape = value.shape
         if tuple(param.shape) != value.shape:
             raise ValueError("%s: parameter %s has shape %s, the model expects %s"
                              % (source, name, value.shape, tuple(param.shape)))
