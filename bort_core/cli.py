@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "config": "bort_core.commands.config",
     "create-pretraining-data": "bort_core.commands.data",
+    "data": "bort_core.commands.data",
     "convert": "bort_core.convert",
 }
 

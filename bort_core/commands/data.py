@@ -17,6 +17,10 @@ def _add_vocab_args(p):
 
 
 def register(sub):
+    """Add `create-pretraining-data` and `data`; cli.COMMANDS lists this module under both names,
+    so a second call is a no-op."""
+    if "data" in sub.choices:
+        return
     p = sub.add_parser("create-pretraining-data", help="text -> masked-LM .npz shards",
                        description="Create BERT-style masked-LM instances from text files (one "
                        "sentence per line, blank line between documents) and write "
@@ -39,6 +43,7 @@ def register(sub):
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_create)
+    _register_check(sub)
 
 
 def run_create(args):
@@ -55,4 +60,45 @@ def run_create(args):
                                     options, args.num_outputs, args.num_workers,
                                     progress=not args.quiet)
     print(json.dumps(stats, indent=2))
+    return 0
+
+
+def _register_check(sub):
+    from bort_core.data.tasks import TASKS
+    data = sub.add_parser("data", help="inspect fine-tuning task data",
+                          description="Fine-tuning task data: validate official layouts.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data_sub.required = True
+    p = data_sub.add_parser("check", help="validate a task directory, count examples and labels",
+                            description="Read every split of a task from its official file "
+                            "layout and print, per split, the number of examples and the label "
+                            "distribution (labels as written in the files).")
+    p.add_argument("--task", required=True, help="one of: " + ", ".join(TASKS))
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the benchmark's task "
+                   "folders (e.g. CoLA/, BoolQ/, RACE/); demo tasks default to the embedded copy")
+    p.add_argument("--json", action="store_true", help="print {split: {examples, labels}} JSON")
+    p.set_defaults(run=run_check)
+
+
+def run_check(args):
+    import warnings
+
+    from bort_core.data.tasks import get_task, read_split
+    task = get_task(args.task)
+    report, skipped = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # skipped rows are reported below instead
+        for split in task.splits:
+            data = read_split(task, split, args.data_dir)
+            report[split] = {"examples": len(data.examples), "labels": data.label_counts()}
+            skipped[split] = data.skipped
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print("%s (%s)%s" % (task.name, task.benchmark,
+                         "; predicted by a %s model" % task.train_task if task.train_task else ""))
+    for split, info in report.items():
+        labels = ", ".join("%s: %d" % kv for kv in info["labels"].items()) or "unlabelled"
+        extra = "  (%d broken rows skipped)" % skipped[split] if skipped[split] else ""
+        print("  %-16s %7d examples  %s%s" % (split, info["examples"], labels, extra))
     return 0

@@ -275,10 +275,10 @@ class ShardWriter:
             records.append((parts, nsp))
             at += 2 * n + 2 * m
         random.Random("%d/shard/%d" % (self.seed, k)).shuffle(records)
-        fields = {name: _object_array([r[0][j] for r in records])
+        fields = {name: object_array([r[0][j] for r in records])
                   for j, name in enumerate(("input_ids", "segment_ids", "masked_lm_positions",
                                             "masked_lm_ids"))}
-        fields["masked_lm_weights"] = _object_array(
+        fields["masked_lm_weights"] = object_array(
             [np.ones(len(r[0][3]), dtype=np.float32) for r in records])
         fields["next_sentence_labels"] = np.array([r[1] for r in records], dtype=np.int32)
         fields["valid_lengths"] = np.array([len(r[0][0]) for r in records], dtype=np.int32)
@@ -290,7 +290,7 @@ class ShardWriter:
         return path
 
 
-def _object_array(arrays) -> np.ndarray:
+def object_array(arrays) -> np.ndarray:
     """A 1-D object array of the given arrays, even when they all have the same length (B4)."""
     out = np.empty(len(arrays), dtype=object)
     for i, a in enumerate(arrays):

@@ -1,0 +1,455 @@
+"""Fine-tuning tasks: readers for the official file layouts, and features as the 2020 release made them.
+
+Every task the release fine-tuned on (plus GLUE AX, which it lacked, and the embedded demo tasks)
+is one `Task` entry in `TASKS`. Under `--data-dir` each task reads its official layout:
+
+    GLUE       CoLA/ SST-2/ MRPC/ STS-B/ QQP/ MNLI/ QNLI/ RTE/ WNLI/   {train,dev,test}.tsv
+               (MNLI: train, dev_matched, dev_mismatched, test_matched, test_mismatched;
+               AX: diagnostic/diagnostic.tsv)
+    SuperGLUE  BoolQ/ CB/ COPA/ MultiRC/ ReCoRD/ RTE/ WiC/ WSC/   {train,val,test}.jsonl
+               AX-b/AX-b.jsonl  AX-g/AX-g.jsonl
+    RACE       RACE/{train,dev,test}/{high,middle}/*.txt
+    demo       demo-pair/ demo-single/ demo-regression/   (default: the embedded copies)
+
+A reader yields `Example`s: the texts fed to the model, the label normalised to a class-label
+string (bool -> "true"/"false", int -> "0"/"1", as the release did), the label as written in the file,
+and the ids a leaderboard file needs. `featurize` turns them into `<s> A </s> [B </s>]` ids with
+the release's equal truncation. Deviations from the release (each a release bug) are marked FIX.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import warnings
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bort_core.data.pretraining import object_array
+
+GLUE_URL = "https://gluebenchmark.com/tasks"
+SUPERGLUE_URL = "https://super.gluebenchmark.com/tasks"
+RACE_URL = "https://www.cs.cmu.edu/~glai1/data/race/"
+DEMO_URL = "the embedded demo tasks (regenerate with scripts/make_demo_data.py)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    texts: Tuple[str, ...]
+    label: Optional[str] = None      # normalised class label / score string; None if unlabelled
+    raw_label: Optional[str] = None  # the label as it appears in the file (for `bort data check`)
+    idx: object = None               # the id a submission file uses for this row
+    group: object = None             # MultiRC question, ReCoRD query, AX-g pair, RACE file
+    candidate: Optional[str] = None  # ReCoRD: the entity filled into @placeholder
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str                                   # CLI name, e.g. "mnli"
+    benchmark: str                              # GLUE, SuperGLUE, RACE or demo
+    subdir: str                                 # directory under --data-dir
+    files: Dict[str, str]                       # split -> file (or directory) under subdir
+    class_labels: Optional[Tuple[str, ...]]     # None: regression
+    is_pair: bool
+    metrics: Tuple[str, ...]                    # bort_core.metrics names; the first selects
+    read: Callable[["Task", str, str], "SplitData"]
+    submission: str                             # leaderboard file stem, e.g. "MNLI-m"
+    url: str
+    columns: Dict[str, Tuple] = dataclasses.field(default_factory=dict)  # TSV layouts
+    aliases: Tuple[str, ...] = ()
+    train_task: Optional[str] = None            # diagnostics: the task whose model predicts them
+
+    @property
+    def splits(self) -> Tuple[str, ...]:
+        return tuple(self.files)
+
+    def path(self, data_dir: str, split: str) -> str:
+        if split not in self.files:
+            raise ValueError("task %s has no split %r; splits: %s"
+                             % (self.name, split, ", ".join(self.files)))
+        return os.path.join(data_dir, self.subdir, self.files[split])
+
+
+@dataclasses.dataclass
+class SplitData:
+    examples: List[Example]
+    path: str
+    skipped: int = 0     # rows dropped where the official data is known to have broken rows
+
+    def label_counts(self) -> Dict[str, int]:
+        return dict(sorted(Counter(e.raw_label for e in self.examples
+                                   if e.raw_label is not None).items()))
+
+
+# ------------------------------------------------------------------------------------ GLUE (TSV)
+
+def _tsv_rows(path: str, header: bool):
+    """(line number, fields) of a GLUE .tsv: tab-split, no quoting, blank lines skipped."""
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if (header and lineno == 1) or not line.strip():
+                continue
+            yield lineno, line.split("\t")
+
+
+def read_tsv(task: Task, split: str, path: str) -> SplitData:
+    """Rows of a GLUE-layout .tsv; columns per split from `task.columns`."""
+    header, text_cols, label_col, idx_col = task.columns[split]
+    examples, skipped = [], 0
+    needed = max(text_cols + tuple(c for c in (label_col, idx_col) if c is not None)) + 1
+    for lineno, fields in _tsv_rows(path, header):
+        if len(fields) < needed or any(fields[c] == "" for c in text_cols):
+            if task.name == "qqp":          # QQP ships rows with missing fields: skip, count
+                skipped += 1
+                continue
+            raise ValueError("%s:%d: expected at least %d tab-separated fields, got %d"
+                             % (path, lineno, needed, len(fields)))
+        raw = fields[label_col].strip() if label_col is not None else None
+        examples.append(Example(
+            texts=tuple(fields[c] for c in text_cols), raw_label=raw,
+            label=_check_label(task, raw, path, lineno) if raw is not None else None,
+            idx=fields[idx_col].strip() if idx_col is not None else len(examples)))
+    if skipped:
+        warnings.warn("%s: skipped %d rows with missing fields" % (path, skipped), stacklevel=2)
+    return SplitData(examples, path, skipped)
+
+
+def _check_label(task: Task, label: str, path: str, lineno: int) -> str:
+    if task.class_labels is None:
+        try:
+            float(label)
+        except ValueError:
+            raise ValueError("%s:%d: score %r is not a number" % (path, lineno, label)) from None
+    elif label not in task.class_labels:
+        raise ValueError("%s:%d: label %r is not one of %s"
+                         % (path, lineno, label, ", ".join(task.class_labels)))
+    return label
+
+
+# ------------------------------------------------------------------------------ SuperGLUE (JSONL)
+
+class _Row(dict):
+    """A parsed JSON line that knows where it came from, for error messages."""
+
+    def __init__(self, data: dict, path: str, lineno: int):
+        super().__init__(data)
+        self.where = "%s:%d" % (path, lineno)
+
+    def need(self, key: str):
+        if key not in self:
+            raise ValueError("%s: missing field %r" % (self.where, key))
+        return self[key]
+
+
+def _jsonl(path: str):
+    """`_Row`s of a .jsonl file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError as err:
+                raise ValueError("%s:%d: not a JSON object: %s" % (path, lineno, err)) from None
+            if not isinstance(data, dict):
+                raise ValueError("%s:%d: not a JSON object" % (path, lineno))
+            yield _Row(data, path, lineno)
+
+
+def _norm_label(value) -> str:
+    """The release's label normalisation: bool -> "true"/"false", int -> "0"/"1"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return "0" if value == 0 else "1"
+    return str(value)
+
+
+def _raw(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+_CB_FILLERS = ("Uh,", "uh,", "Um,", "um,", "you know", "I mean,")
+
+
+def _cb_text(text: str) -> str:
+    """The release's CB clean-up: long dialogues keep their last four '.'-pieces (joined by
+    spaces, first character dropped); fillers removed (FIX D3: the release's removal was a no-op)."""
+    if len(text.split(".")) > 3:
+        text = " ".join(text.split(".")[-4:])[1:]
+    for filler in _CB_FILLERS:
+        text = text.replace(filler, "")
+    return text
+
+
+def _multirc_passage(text: str) -> str:
+    """Passage text without the `<b>Sent N: </b>` / `<br>` markup, sentences joined by spaces
+    (FIX D2: the release passed the list of raw pieces as the text)."""
+    text = text.replace("<br>", " ").replace("</br>", " ").replace("_", "").replace("\xad", "")
+    pieces = re.split(r"<b>\s*Sent\s*\d+\s*:\s*</b>", text)
+    return " ".join(" ".join(p.split()) for p in pieces if p.strip())
+
+
+def read_jsonl(task: Task, split: str, path: str) -> SplitData:
+    """One SuperGLUE .jsonl split, unrolled into pair examples as the release did (FIX D1: the
+    release crashed loading every SuperGLUE task)."""
+    examples: List[Example] = []
+    for row in _jsonl(path):
+        try:
+            examples.extend(_jsonl_examples(task, split, row, len(examples)))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError("%s: malformed %s row: %r" % (row.where, task.name, err)) from None
+    return SplitData(examples, path)
+
+
+_JSONL_FIELDS = {"boolq": ("passage", "question"), "wic": ("sentence1", "sentence2"),
+                 "superglue-rte": ("premise", "hypothesis"), "ax-b": ("sentence1", "sentence2"),
+                 "ax-g": ("premise", "hypothesis")}
+
+
+def _jsonl_examples(task: Task, split: str, row: "_Row", count: int) -> List[Example]:
+    get = row.need
+    raw = row.get("label")
+    if task.name == "multirc":
+        return list(_multirc(row, split))
+    if task.name == "record":
+        return list(_record(row, split))
+    if task.name == "copa":
+        sep = " because " if get("question") == "cause" else " so "
+        texts = (get("premise") + sep + get("choice1"), get("premise") + sep + get("choice2"))
+    elif task.name == "wsc":
+        target = get("target")
+        texts = (get("text"), target["span2_text"] + " means " + target["span1_text"])
+    elif task.name == "cb":
+        texts = (_cb_text(get("premise")), _cb_text(get("hypothesis")))
+    else:
+        texts = tuple(get(k) for k in _JSONL_FIELDS[task.name])
+    label = None
+    if raw is not None:
+        label = _norm_label(raw)
+        if label not in task.class_labels:
+            raise ValueError("%s: label %r is not one of %s"
+                             % (row.where, raw, ", ".join(task.class_labels)))
+    return [Example(texts, label, None if raw is None else _raw(raw),
+                    idx=row.get("idx", count), group=row.get("pair_id"))]
+
+
+def _multirc(row, split):
+    """One example per answer option: (passage, question + " " + answer), label 0/1."""
+    passage = row.get("passage") or row.need("paragraph")   # SuperGLUE names it "passage"
+    text = _multirc_passage(passage["text"])
+    for question in passage["questions"]:
+        for answer in question["answers"]:
+            raw = answer.get("label", answer.get("isAnswer"))
+            yield Example((text, question["question"] + " " + answer["text"]),
+                          None if raw is None else ("1" if raw else "0"),
+                          None if raw is None else _raw(raw),
+                          idx=(row.get("idx"), question.get("idx"), answer.get("idx")),
+                          group=(row.get("idx"), question.get("idx")))
+
+
+def _record(row, split):
+    """One example per (query, candidate entity): @placeholder filled with the entity, label 1
+    when it is an answer. Training data is balanced as the release did; dev and test keep every
+    candidate so a query's best entity can be chosen (FIX D4)."""
+    passage = row.need("passage")
+    text = passage["text"]
+    entities = sorted({text[e["start"]:e["end"] + 1] for e in passage["entities"]})
+    context = text.replace("\n", " ")
+    for qa in row.need("qas"):
+        answers = {a["text"] for a in qa.get("answers", [])}
+        rows = [Example((context, qa["query"].replace("@placeholder", ent)),
+                        None if not answers else ("1" if ent in answers else "0"),
+                        None if not answers else ("1" if ent in answers else "0"),
+                        idx=qa.get("idx"), group=qa.get("idx"), candidate=ent)
+                for ent in entities]
+        if split == "train" and answers:
+            pos = [r for r in rows if r.label == "1"]
+            neg = [r for r in rows if r.label == "0"]
+            if len(pos) > len(neg):
+                rows = pos + neg
+            else:
+                rows = [r for pair in zip(pos, neg) for r in pair]
+        yield from rows
+
+
+# ---------------------------------------------------------------------------------------- RACE
+
+def read_race(task: Task, split: str, path: str) -> SplitData:
+    """Every *.txt of RACE/<split>/<high|middle>, sorted by name; one 4-way example per question:
+    (article + " " + question, the options joined by " </sep> "), label "0".."3"."""
+    examples = []
+    for name in sorted(n for n in os.listdir(path) if n.endswith(".txt")):
+        file_path = os.path.join(path, name)
+        for row in _jsonl(file_path):
+            get = row.need
+            answers = row.get("answers")
+            for q, (question, options) in enumerate(zip(get("questions"), get("options"))):
+                raw = answers[q] if answers else None
+                if raw is not None and raw not in ("A", "B", "C", "D"):
+                    raise ValueError("%s: answer %r is not one of A, B, C, D"
+                                     % (row.where, raw))
+                examples.append(Example(
+                    (get("article") + " " + question, " </sep> ".join(options)),
+                    None if raw is None else str("ABCD".index(raw)), raw,
+                    idx=(row.get("id", name), q), group=row.get("id", name)))
+    return SplitData(examples, path)
+
+
+# ------------------------------------------------------------------------------------ registry
+
+def _glue(name, subdir, labels, metrics, cols, submission, splits=("train", "dev", "test"),
+          **kw):
+    files = {s: s + ".tsv" for s in splits}
+    return Task(name, "GLUE", subdir, files, labels, len(cols["train"][1]) == 2, metrics,
+                read_tsv, submission, GLUE_URL, cols, **kw)
+
+
+def _cols(texts, label, test_texts=None, header=True, test_idx=0, test_header=True):
+    """TSV layout: (has header, text columns, label column, index column) per split."""
+    labelled = (header, texts, label, None)
+    return {"train": labelled, "dev": labelled, "dev_matched": labelled,
+            "dev_mismatched": labelled,
+            "test": (test_header, test_texts or texts, None, test_idx)}
+
+
+def _sg(name, subdir, labels, metrics, submission, splits=("train", "val", "test"), **kw):
+    files = {("dev" if s == "val" else s): s + ".jsonl" for s in splits}
+    return Task(name, "SuperGLUE", subdir, files, labels, True, metrics, read_jsonl,
+                submission, SUPERGLUE_URL, **kw)
+
+
+_BINARY, _NLI2 = ("0", "1"), ("not_entailment", "entailment")
+_NLI3 = ("neutral", "entailment", "contradiction")     # the release's MNLI/CB order
+_BOOL = ("false", "true")
+
+_MNLI_COLS = {"train": (True, (8, 9), 11, None), "dev_matched": (True, (8, 9), 15, None),
+              "dev_mismatched": (True, (8, 9), 15, None),
+              "test_matched": (True, (8, 9), None, 0), "test_mismatched": (True, (8, 9), None, 0)}
+
+TASKS: Dict[str, Task] = {t.name: t for t in (
+    _glue("cola", "CoLA", _BINARY, ("mcc",), _cols((3,), 1, (1,), header=False), "CoLA"),
+    _glue("sst-2", "SST-2", _BINARY, ("accuracy",), _cols((0,), 1, (1,)), "SST-2",
+          aliases=("sst",)),
+    _glue("mrpc", "MRPC", _BINARY, ("f1", "accuracy"), _cols((3, 4), 0), "MRPC"),
+    _glue("sts-b", "STS-B", None, ("pearson", "spearman"), _cols((7, 8), 9), "STS-B",
+          aliases=("stsb",)),
+    _glue("qqp", "QQP", _BINARY, ("f1", "accuracy"), _cols((3, 4), 5, (1, 2)), "QQP"),
+    Task("mnli", "GLUE", "MNLI", {s: s + ".tsv" for s in _MNLI_COLS}, _NLI3, True,
+         ("accuracy",), read_tsv, "MNLI", GLUE_URL, _MNLI_COLS),
+    _glue("qnli", "QNLI", _NLI2, ("accuracy",), _cols((1, 2), 3), "QNLI"),
+    _glue("rte", "RTE", _NLI2, ("accuracy",), _cols((1, 2), 3), "RTE"),
+    _glue("wnli", "WNLI", _BINARY, ("accuracy",), _cols((1, 2), 3), "WNLI"),
+    Task("ax", "GLUE", "diagnostic", {"test": "diagnostic.tsv"}, ("entailment", "neutral",
+         "contradiction"), True, ("mcc",), read_tsv, "AX", GLUE_URL,
+         {"test": (True, (1, 2), None, 0)}, train_task="mnli"),
+    _sg("boolq", "BoolQ", _BOOL, ("accuracy",), "BoolQ"),
+    _sg("cb", "CB", _NLI3, ("accuracy", "macro_f1"), "CB"),
+    _sg("copa", "COPA", _BINARY, ("accuracy",), "COPA"),
+    _sg("multirc", "MultiRC", _BINARY, ("f1", "multirc_em"), "MultiRC"),
+    _sg("record", "ReCoRD", _BINARY, ("record_f1", "record_em"), "ReCoRD"),
+    _sg("superglue-rte", "RTE", _NLI2, ("accuracy",), "RTE", aliases=("superglue_rte",
+        "supergluerte", "rte-superglue")),
+    _sg("wic", "WiC", _BOOL, ("accuracy",), "WiC"),
+    _sg("wsc", "WSC", _BOOL, ("accuracy",), "WSC"),
+    Task("ax-b", "SuperGLUE", "AX-b", {"test": "AX-b.jsonl"}, _NLI2, True, ("mcc",), read_jsonl,
+         "AX-b", SUPERGLUE_URL, aliases=("axb",), train_task="superglue-rte"),
+    Task("ax-g", "SuperGLUE", "AX-g", {"test": "AX-g.jsonl"}, _NLI2, True,
+         ("accuracy", "gender_parity"), read_jsonl, "AX-g", SUPERGLUE_URL, aliases=("axg",),
+         train_task="superglue-rte"),
+    Task("race-h", "RACE", "RACE", {s: os.path.join(s, "high") for s in ("train", "dev", "test")},
+         ("0", "1", "2", "3"), True, ("accuracy",), read_race, "RACE-H", RACE_URL),
+    Task("race-m", "RACE", "RACE", {s: os.path.join(s, "middle") for s in ("train", "dev",
+         "test")}, ("0", "1", "2", "3"), True, ("accuracy",), read_race, "RACE-M", RACE_URL),
+    Task("demo-pair", "demo", "demo-pair", {s: s + ".tsv" for s in ("train", "dev", "test")},
+         _BINARY, True, ("accuracy", "f1"), read_tsv, "demo-pair", DEMO_URL,
+         _cols((1, 2), 3)),
+    Task("demo-single", "demo", "demo-single", {s: s + ".tsv" for s in ("train", "dev", "test")},
+         _BINARY, False, ("accuracy",), read_tsv, "demo-single", DEMO_URL, _cols((0,), 1, (1,))),
+    Task("demo-regression", "demo", "demo-regression",
+         {s: s + ".tsv" for s in ("train", "dev", "test")}, None, True, ("pearson", "spearman"),
+         read_tsv, "demo-regression", DEMO_URL, _cols((7, 8), 9)),
+)}
+
+
+def get_task(name: str) -> Task:
+    """A task by CLI name or alias, case-insensitive (`MNLI`, `SST`, `AXb`, `RACE-H`, ...)."""
+    key = name.lower().replace("_", "-")
+    for task in TASKS.values():
+        if key == task.name or key in task.aliases or key == task.name.replace("-", ""):
+            return task
+    raise KeyError("unknown task %r; tasks: %s" % (name, ", ".join(TASKS)))
+
+
+def default_data_dir(task: Task) -> Optional[str]:
+    """The embedded directory for demo tasks; None for tasks that need --data-dir."""
+    from bort_core.data.demo import TASKS_DIR
+    return TASKS_DIR if task.benchmark == "demo" else None
+
+
+def read_split(task: Task, split: str, data_dir: Optional[str] = None) -> SplitData:
+    """Examples of one split; a missing file names the expected path and the download page."""
+    data_dir = data_dir or default_data_dir(task)
+    if data_dir is None:
+        raise ValueError("task %s needs --data-dir (the official data, from %s)"
+                         % (task.name, task.url))
+    path = task.path(data_dir, split)
+    if not os.path.exists(path):
+        raise FileNotFoundError("%s %s: expected %s; download %s from %s and extract it under %s"
+                                % (task.name, split, path, task.benchmark, task.url, data_dir))
+    return task.read(task, split, path)
+
+
+# ------------------------------------------------------------------------------------- features
+
+def truncate_equal(seqs: Sequence[List[int]], max_len: int) -> List[List[int]]:
+    """Cut sequences to a total of max_len as evenly as possible: sequences shorter than their
+    fair share keep every token, the others share the rest, earlier ones taking the remainder."""
+    lens = [len(s) for s in seqs]
+    if sum(lens) <= max_len:
+        return [list(s) for s in seqs]
+    active, budget = list(range(len(seqs))), max_len
+    while True:
+        quotient, remainder = divmod(budget, len(active))
+        shortest = min(active, key=lambda i: lens[i])
+        if lens[shortest] <= quotient:
+            budget -= lens[shortest]
+            active.remove(shortest)
+            continue
+        for rank, i in enumerate(active):
+            lens[i] = quotient + 1 if rank < remainder else quotient
+        return [list(s[:n]) for s, n in zip(seqs, lens)]
+
+
+def featurize(examples: Sequence[Example], task: Task, tokenizer, max_len: int = 512) -> dict:
+    """Model inputs for `examples`: `<s> A </s> [B </s>]` after equal truncation to max_len
+    (segment ids 0 for `<s> A </s>`, 1 after), valid lengths, and labels when present (class
+    index int32 in `task.class_labels` order, or float32 score)."""
+    limit = max_len - 3 if task.is_pair else max_len - 2
+    counts = [len(e.texts) for e in examples]
+    flat = tokenizer.encode_batch([t for e in examples for t in e.texts])
+    input_ids, segment_ids, at = [], [], 0
+    for n in counts:
+        parts = truncate_equal(flat[at:at + n], limit)
+        at += n
+        ids, seg = [tokenizer.bos_id], [0]
+        for k, part in enumerate(parts):
+            ids += part + [tokenizer.eos_id]
+            seg += [k] * (len(part) + 1)
+        input_ids.append(np.asarray(ids, dtype=np.int32))
+        segment_ids.append(np.asarray(seg, dtype=np.int32))
+    out = {"input_ids": object_array(input_ids), "segment_ids": object_array(segment_ids),
+           "valid_length": np.array([len(a) for a in input_ids], dtype=np.int32)}
+    if examples and all(e.label is not None for e in examples):
+        if task.class_labels is None:
+            out["label"] = np.array([float(e.label) for e in examples], dtype=np.float32)
+        else:
+            index = {label: i for i, label in enumerate(task.class_labels)}
+            out["label"] = np.array([index[e.label] for e in examples], dtype=np.int32)
+    return out
+
+
