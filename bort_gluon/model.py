@@ -109,7 +109,8 @@ def initialize_like_release(block: HybridBlock, ctx=None, sigma: float = 0.02) -
     valid = mx.nd.ones((1,), ctx=ctx)
     if isinstance(block, BortClassifier):
         block(one, valid)
-    elif isinstance(block, BortModel):
+        block = block.bort   # its MLM decoder, if any, only runs with masked positions
+    if isinstance(block, BortModel):
         block(one, valid, one if block._use_decoder else None)
 
 
@@ -168,6 +169,56 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
     initialize_like_release(model, ctx)
     if params is not None:
         set_params(model, params, checkpoint)
+    return model
+
+
+def hybridize_for_speed(block: HybridBlock, static: bool = True) -> HybridBlock:
+    """Hybridize with `static_alloc`/`static_shape`: one cached graph whose memory is planned
+    once (recompiled only when input shapes change). Numerics are unchanged."""
+    block.hybridize(static_alloc=static, static_shape=static)
+    return block
+
+
+def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> HybridBlock:
+    """MXNet AMP conversion of a hybridized block that has run once (a SymbolBlock comes
+    back; call it with the same positional inputs). AMP has no rule for GluonNLP's fused
+    self-attention operators, so those nodes stay float32. bfloat16 needs an MKLDNN CPU
+    build, float16 a GPU; anything else raises a ValueError that says so."""
+    from mxnet.contrib import amp
+
+    ctx = ctx or mx.cpu()
+    if dtype not in ("float16", "bfloat16"):
+        raise ValueError("to_low_precision: dtype must be float16 or bfloat16, got %r" % dtype)
+    if dtype == "float16" and ctx.device_type != "gpu":
+        raise ValueError("float16 AMP needs a GPU context; on CPU use bfloat16")
+    if not block._cached_graph:
+        raise ValueError("to_low_precision: hybridize the block and run it once first")
+    keep = [name for name in block._cached_graph[1].get_internals().list_outputs()
+            if "interleaved_matmul" in name]
+    keep = [name[: -len("_output")] if name.endswith("_output") else name for name in keep]
+    try:
+        return amp.convert_hybrid_block(block, target_dtype=dtype, excluded_sym_names=keep, ctx=ctx)
+    except (mx.base.MXNetError, AssertionError) as err:
+        raise ValueError("MXNet %s AMP cannot convert this model to %s: %s"
+                         % (mx.__version__, dtype, str(err).strip().splitlines()[0])) from err
+
+
+def plain_bert_model(config: BortConfig, use_decoder: bool = True, ctx=None) -> BERTModel:
+    """GluonNLP's own BERTModel with the config's shapes and none of Bort's changes (the speed
+    baseline); same parameter names as BortModel, initialised and shape-settled. Call it as
+    `model(inputs, None, valid_length[, masked_positions])` (masked positions required with a
+    decoder)."""
+    ctx = ctx or mx.cpu()
+    encoder = BERTEncoder(num_layers=config.num_layers, units=config.units,
+                          hidden_size=config.hidden_size, max_length=config.max_length,
+                          num_heads=config.num_heads, dropout=config.dropout,
+                          activation=config.activation, layer_norm_eps=config.layer_norm_eps)
+    model = BERTModel(encoder, vocab_size=config.vocab_size, units=config.units,
+                      embed_size=config.units, use_pooler=False, use_decoder=use_decoder,
+                      use_classifier=False, use_token_type_embed=False)
+    model.initialize(init=mx.init.Normal(0.02), ctx=ctx)
+    one = mx.nd.zeros((1, 1), ctx=ctx)
+    model(one, None, mx.nd.ones((1,), ctx=ctx), one if use_decoder else None)
     return model
 
 

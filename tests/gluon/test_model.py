@@ -96,3 +96,13 @@ def test_token_types_default_to_zero():
     gm.initialize_like_release(model)
     ids = mx.nd.array([[5, 6, 7]])
     assert np.array_equal(model(ids).asnumpy(), model(ids, token_types=mx.nd.zeros((1, 3))).asnumpy())
+
+
+def test_a_classifier_over_a_decoder_backbone_is_fully_initialised():
+    config = get_config("bort_tiny")
+    clf = gm.BortClassifier(gm.BortModel(config), 2, dropout=0.0)
+    gm.initialize_like_release(clf)
+    params = gm.get_params(clf)      # raises if any parameter were still deferred
+    expected = {"bort." + n for n in arch.canonical_shapes(config)} | \
+        set(arch.classifier_shapes(config, 2, dropout=0.0))
+    assert set(params) == expected
