@@ -536,6 +536,21 @@ def _last_loss(history) -> Optional[float]:
     return None
 
 
+def compare_rankings(a: Sequence[Dict], b: Sequence[Dict]) -> Dict[str, float]:
+    """Two rankings of the same candidates: Spearman rank correlation of their positions and the
+    largest relative W difference (the cross-framework parity measure)."""
+    names = [r["name"] for r in a]
+    if sorted(names) != sorted(r["name"] for r in b):
+        raise ValueError("the two rankings hold different candidates")
+    pos_b = {r["name"]: k for k, r in enumerate(b)}
+    w_b = {r["name"]: r["W"] for r in b}
+    n = len(names)
+    d2 = sum((k - pos_b[name]) ** 2 for k, name in enumerate(names))
+    rho = 1.0 - 6.0 * d2 / (n * (n * n - 1)) if n > 1 else 1.0
+    rel = max(abs(r["W"] - w_b[r["name"]]) / max(abs(r["W"]), abs(w_b[r["name"]]), 1e-30) for r in a)
+    return {"spearman": rho, "max_w_rel_diff": rel, "same_order": d2 == 0}
+
+
 # ---------------------------------------------------------------------------------- outputs
 
 CSV_FIELDS = ("position", "name", "num_layers", "num_heads", "units", "hidden_size", "p", "i",

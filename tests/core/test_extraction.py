@@ -12,6 +12,7 @@ from bort_core import extraction as ose
 from bort_core.checkpoint import load_params, save_params
 from bort_core.cli import main
 from bort_core.configs import get_config
+from bort_core.data.pretraining import object_array
 
 GRID = ose.search_space_from_dict(
     {"D": [1, 2, 3, 4, 5, 6], "A": [2, 4], "H": [32, 64, 128], "I": [32, 64, 128],
@@ -254,3 +255,35 @@ def test_cli_teacher_vocabulary_mismatch_fails_before_training(tmp_path, capsys)
     assert code == 2
     err = capsys.readouterr().err
     assert "--teacher" in err and "100" in err and "4096" in err
+
+
+def test_compare_rankings():
+    a = [{"name": "x", "W": 2.0}, {"name": "y", "W": 1.0}, {"name": "z", "W": 0.5}]
+    same = ose.compare_rankings(a, [dict(r, W=r["W"] * (1 + 1e-4)) for r in a])
+    assert same["same_order"] and same["spearman"] == 1.0
+    assert same["max_w_rel_diff"] == pytest.approx(1e-4, rel=1e-3)
+    flipped = ose.compare_rankings(a, [a[1], a[0], a[2]])
+    assert not flipped["same_order"] and flipped["spearman"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="different candidates"):
+        ose.compare_rankings(a, a[:2])
+
+
+def test_cli_full_run_with_the_fake_backend(tmp_path, monkeypatch, capsys):
+    import bort_core.backend
+
+    data = tmp_path / "part-000.npz"
+    fields = {k: object_array([x[k] for x in instances(vocab=4096)]) for k in instances()[0]}
+    np.savez(data, **fields)
+    monkeypatch.setattr(bort_core.backend, "get_backend", lambda name: FakeBackend())
+    out = tmp_path / "out"
+    args = ["extract", "--framework", "torch", "--search-space", "tiny", "--epsilon", "3",
+            "--steps", "2", "--lr", "1e-3", "1e-2", "--batch-size", "4", "--eval-size", "8",
+            "--data", str(data), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "16 members" in printed and "5 candidates" in printed and "10 planned" in printed
+    for name in ("ranking.csv", "ranking.json", "best_config.json", "candidates.json", "pareto.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert get_config(str(out / "best_config.json")).vocab_size == 4096
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
