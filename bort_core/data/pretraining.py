@@ -1,7 +1,7 @@
 """Masked-LM pretraining instances, streamed from text into `.npz` shards (the 2020 format).
 
 Input: text files with one sentence per line and a blank line between documents. Output:
-`part-%03d.npz` files (np.savez_compressed) with, per instance i,
+`part-%03d.npz` files (np.savez_compressed's format) with, per instance i,
 
     input_ids[i], segment_ids[i], masked_lm_positions[i], masked_lm_ids[i]   int32 arrays
     masked_lm_weights[i]                                                     float32 array
@@ -30,6 +30,7 @@ import dataclasses
 import glob
 import os
 import random
+import zipfile
 from collections import deque
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -131,9 +132,9 @@ class InstanceMaker:
             sents = []
             for ids in flat[k:k + len(doc)]:
                 if ids:
-                    starts = self._word_start[ids]
-                    starts[0] = True
-                    sents.append([(i << 1) | int(b) for i, b in zip(ids, starts)])
+                    coded = (np.asarray(ids, dtype=np.int64) << 1) | self._word_start[ids]
+                    coded[0] |= 1
+                    sents.append(coded.tolist())
             k += len(doc)
             if sents:
                 out.append(sents)
@@ -204,13 +205,17 @@ class InstanceMaker:
                 words[-1].append(pos)       # continues the word (never across `</s>`)
             else:
                 words.append([pos])
-        rng.shuffle(words)
         budget = min(self.opt.max_predictions_per_seq,
                      max(1, int(round(len(ids) * self.opt.masked_lm_prob))))
         out, picked = list(ids), []
-        for word in words:
+        # visit words in uniformly random order (a Fisher-Yates shuffle drawn lazily: BERT
+        # shuffles them all, but only the first few are ever looked at)
+        for k in range(len(words)):
             if len(picked) >= budget:
                 break
+            j = rng.randrange(k, len(words))
+            words[k], words[j] = words[j], words[k]
+            word = words[k]
             if len(picked) + len(word) > budget:
                 continue
             for pos in word:
@@ -283,11 +288,19 @@ class ShardWriter:
         fields["next_sentence_labels"] = np.array([r[1] for r in records], dtype=np.int32)
         fields["valid_lengths"] = np.array([len(r[0][0]) for r in records], dtype=np.int32)
         path = os.path.join(self.output_dir, "part-%03d.npz" % k)
-        tmp = path[:-len(".npz")] + ".tmp.npz"
-        np.savez_compressed(tmp, **fields)
-        os.replace(tmp, path)
+        _save_npz(path + ".tmp", fields)
+        os.replace(path + ".tmp", path)
         os.remove(self._spool(k))
         return path
+
+
+def _save_npz(path: str, fields: Dict[str, np.ndarray]) -> None:
+    """np.savez_compressed's format (a deflated zip of .npy files), at zlib level 1: the same
+    files for every reader, written about three times faster."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name in sorted(fields):
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, fields[name], allow_pickle=True)
 
 
 def object_array(arrays) -> np.ndarray:
