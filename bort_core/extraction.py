@@ -465,15 +465,10 @@ def extract(backend, plan: Plan, settings: Settings, train_instances: Sequence[D
     settings.validate()
     log = TrialLog(out_dir, settings, resume)
     init_path = os.path.join(out_dir, "init.params")
+    if os.path.exists(init_path):   # left by a crash: may belong to another candidate
+        os.remove(init_path)
     eval_b = eval_batches(eval_set)
     batches = {}
-
-    def model_for(row):
-        config = plan.config(row)
-        save_params(init_path, initial_params(config, settings.seed))
-        model = backend.load(config, init_path)
-        os.remove(init_path)
-        return model
 
     def measured_latency(row):
         done = log.find("latency", row["name"])
@@ -496,14 +491,16 @@ def extract(backend, plan: Plan, settings: Settings, train_instances: Sequence[D
                disable=not progress)
     for row in bar:
         bar.set_postfix_str(row["name"])
-        trials = []
+        trials, config = [], plan.config(row)
         for k, theta in enumerate(settings.theta):
             done = log.find("trial", row["name"], k)
             if done is None:
                 key = (theta["batch_size"], theta.get("seed", settings.seed))
                 if key not in batches:
                     batches[key] = train_batches(train_instances, key[0], settings.steps, key[1])
-                model = model_for(row)
+                if not os.path.exists(init_path):   # one initial state per candidate
+                    save_params(init_path, initial_params(config, settings.seed))
+                model = backend.load(config, init_path)
                 start = time.time()
                 history = backend.train_mlm(model, batches[key], settings.steps, dict(theta),
                                             teacher=teacher)
@@ -515,6 +512,8 @@ def extract(backend, plan: Plan, settings: Settings, train_instances: Sequence[D
                         "seconds": round(time.time() - start, 3)}
                 log.add(done)
             trials.append(done)
+        if os.path.exists(init_path):
+            os.remove(init_path)
         best = min(trials, key=lambda t: (t["e"], t["theta"]))
         i = i_of[row["name"]]
         rows.append(dict(row, i=i, e=best["e"], best_theta=best["theta"],
