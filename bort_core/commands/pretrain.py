@@ -1,0 +1,116 @@
+"""`bort pretrain --framework {gluon,torch}`: distillation (or plain MLM) pretraining.
+
+Without --data the run uses the embedded default: demo shards made on the fly from the
+embedded corpus (cached under the checkpoint directory) and the `bort_tiny` student.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from bort_core.pretrain import DTYPES, KD_LOSSES, PretrainOptions
+
+DEMO = {"student": "bort_tiny", "num_steps": 300, "tokens_per_batch": 4096, "warmup_ratio": 0.1,
+        "lr": 1e-3, "ckpt_interval": 100, "log_interval": 50, "eval_interval": 100}
+
+
+def register(sub):
+    p = sub.add_parser("pretrain", help="distillation pretraining (gluon or torch)",
+                       description="Pretrain a student config by masked-LM + knowledge "
+                       "distillation from a teacher checkpoint (teacherless MLM without "
+                       "--teacher), on .npz shards from `bort create-pretraining-data`. Under "
+                       "horovodrun (gluon) or torchrun (torch) each worker trains on its share "
+                       "of every global batch. Without --data: the embedded demo run.")
+    d = PretrainOptions()
+    a = p.add_argument
+    a("--framework", required=True, choices=("gluon", "torch"), help="the engine")
+    a("--student", default=None, help="student config: registry name, bort_D_A_I_H or JSON "
+      "(default %s; bort_tiny for the embedded demo run)" % d.student)
+    a("--init", help="initial student weights (.params) instead of the seeded initialisation")
+    a("--teacher", help="teacher checkpoint (.params); none: teacherless MLM pretraining")
+    a("--teacher-config", default=d.teacher_config, help="the teacher's config (default %(default)s)")
+    a("--data", help="training shards: comma-separated globs of .npz files (default: demo "
+      "shards from the embedded corpus)")
+    a("--eval-data", default="", help="evaluation shards (globs); evaluated every "
+      "--eval-interval steps and at the end")
+    a("--ckpt-dir", default=d.ckpt_dir, help="checkpoints, log.jsonl and TensorBoard events "
+      "(default %(default)s)")
+    a("--num-steps", type=int, help="optimizer steps (default %d; demo run %d)"
+      % (d.num_steps, DEMO["num_steps"]))
+    a("--warmup-ratio", type=float, help="share of steps with linear warm-up (default %g)"
+      % d.warmup_ratio)
+    a("--lr", type=float, help="peak learning rate (default %g)" % d.lr)
+    a("--weight-decay", type=float, default=d.weight_decay, help="BERTAdam decoupled weight "
+      "decay, not on LayerNorm/bias (default %(default)s)")
+    a("--eps", type=float, default=d.eps, help="BERTAdam epsilon (default %(default)s)")
+    a("--clip-norm", type=float, default=d.clip_norm, help="global gradient-norm clip, 0 = off "
+      "(default %(default)s)")
+    a("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimizer step "
+      "(default %(default)s)")
+    a("--tokens-per-batch", type=int, help="tokens of one global batch, all workers together "
+      "(default %d)" % d.tokens_per_batch)
+    a("--num-buckets", type=int, default=d.num_buckets, help="length buckets (default %(default)s)")
+    a("--no-avg-len", dest="use_avg_len", action="store_false", help="size batches by the "
+      "bucket's longest length instead of its mean")
+    a("--temperature", type=float, default=d.temperature, help="distillation T (default %(default)s)")
+    a("--mlm-weight", type=float, default=d.mlm_weight, help="weight of the MLM term when "
+      "distilling (default %(default)s)")
+    a("--teacher-ce-weight", type=float, default=d.teacher_ce_weight, help="weight of the "
+      "distillation term (default %(default)s)")
+    a("--kd-loss", choices=KD_LOSSES, default=d.kd_loss, help="kl: textbook T^2 KL (default); "
+      "release: the 2020 term with mxnet 1.5 semantics")
+    a("--dtype", choices=DTYPES, default=d.dtype, help="float32; float16 (dynamic loss "
+      "scaling); bfloat16 (torch autocast)")
+    a("--dropout", type=float, help="override the student's dropout rates (0: deterministic)")
+    a("--seed", type=int, default=d.seed, help="data order, initialisation and dropout seed")
+    a("--ckpt-interval", type=int, help="steps between checkpoints (default %d)" % d.ckpt_interval)
+    a("--log-interval", type=int, help="steps between log lines (default %d)" % d.log_interval)
+    a("--eval-interval", type=int, help="steps between evaluations, 0 = at the end only")
+    a("--start-step", help="resume from the checkpoint of this step, or 'latest'")
+    a("--loss-scale", type=float, default=d.loss_scale, help="initial float16 loss scale "
+      "(default %(default)s)")
+    a("--scale-window", type=int, default=d.scale_window, help="finite steps before the loss "
+      "scale doubles (default %(default)s)")
+    a("--no-tensorboard", dest="tensorboard", action="store_false", help="no event files")
+    a("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def demo_shards(directory: str) -> str:
+    """Train/eval shards from the embedded corpus (made once, cached); returns the train glob."""
+    from bort_core.data.demo import CORPUS_PATH
+    from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
+    from bort_core.tokenizer import load_tokenizer
+
+    if not os.path.exists(os.path.join(directory, "part-002.npz")):
+        create_pretraining_data([CORPUS_PATH], directory, load_tokenizer(),
+                                PretrainingOptions(max_seq_length=128, max_predictions_per_seq=20),
+                                num_outputs=3, progress=False)
+    return os.path.join(directory, "part-00[01].npz")
+
+
+def options_from_args(args) -> PretrainOptions:
+    demo = args.data is None
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainOptions)
+              if getattr(args, f.name, None) is not None}
+    values["progress"] = not args.quiet
+    if demo:
+        for key, value in DEMO.items():
+            values.setdefault(key, value)
+        shards = os.path.join(args.ckpt_dir, "demo-shards")
+        values["data"] = demo_shards(shards)
+        if not args.eval_data:
+            values["eval_data"] = os.path.join(shards, "part-002.npz")
+    return PretrainOptions(**values)
+
+
+def run(args):
+    from bort_core.cli import load_framework
+
+    options = options_from_args(args)
+    rows = load_framework(args.framework, "pretrain").pretrain(options)
+    last = rows[-1] if rows else {}
+    if "eval_mlm_loss" in last:
+        print("final eval mlm_loss %.4f mlm_acc %.4f" % (last["eval_mlm_loss"], last["eval_mlm_acc"]))
+    print("checkpoints in %s" % options.ckpt_dir)
+    return 0

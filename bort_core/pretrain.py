@@ -1,0 +1,768 @@
+"""Distillation pretraining: everything that does not depend on the framework.
+
+Both `bort_gluon.pretrain` and `bort_torch.pretrain` implement an `Engine` (forward/backward of
+one micro-batch, the optimizer update, state I/O); `run_pretraining` here drives either one, so
+the data order, schedule, loss scaling, logging, checkpoints and resume are written once.
+
+Loss (per micro-batch; i runs over masked positions, w_i their weights, n = sum_i w_i + 1e-8
+taken over the GLOBAL micro-batch, i.e. over every worker's rows):
+    mlm        = sum_i w_i * CE(s_i, y_i) / n                       (student logits s, fp32)
+    ps, pt     = softmax(s_i / T), softmax(t_i / T)                  (teacher t: eval, no grad)
+    kd (kl)    = T^2 * sum_i w_i * KL(pt_i || ps_i) / n              (textbook; the default)
+    kd (release, `--kd-loss release`): the 2020 term with mxnet 1.5 semantics: Gluon's
+                 KLDivLoss(from_logits=False) applied to the PROBABILITIES ps (so a second
+                 softmax is taken) and averaged over the vocabulary:
+                 T^2 * sum_i w_i * mean_v[pt_iv * (log(pt_iv + 1e-12) - log_softmax(ps_i)_v)] / n
+    mse        = sum_i w_i * mean_v (ps_iv - pt_iv)^2 / n            (logged, never optimised)
+    loss       = (mlm_weight * mlm + teacher_ce_weight * kd) / accumulate     with a teacher
+    loss       = mlm / accumulate                                           teacherless
+`reference_losses` computes all of it in float64 numpy (the oracle both frameworks are tested
+against).
+
+BERTAdam (both frameworks): Adam without bias correction, decoupled weight decay:
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  w -= lr * (m / (sqrt(v) + eps) + wd * w)
+b1 0.9, b2 0.999, eps 1e-6, wd 0.01; no decay for LayerNorm gains/shifts and biases (names
+matching `no_decay`). The gradient g is the sum over workers and micro-batches, clipped to a
+global L2 norm (`clip_norm`, 0 = off) after loss-scale removal.
+
+Learning rate (the release's): s = 1, 2, ... N; lr * s / W while s <= W (warm-up), then
+lr * (1 - s / N).
+
+Data: every batch of every shard, every epoch (the release used only the first batch of each
+file: bug P1). Per epoch the shards are visited in a seeded order; each shard is cut into
+length buckets and bucket batches (`bucket_batches`), shuffled with the same seed. A batch is a
+GLOBAL batch: worker r of W trains on `np.array_split(rows, W)[r]`, so W workers compute exactly
+what one worker computes on the same batch (and the release's per-file split, which made the
+data order depend on W, is gone).
+
+Checkpoints (`ckpt_dir/%07d.*`, step = optimizer steps done): `.params` the student in canonical
+names (the 2020 `.params` format, loadable by either framework), `.states` BERTAdam's moments in
+the same format (`mean:<name>`, `var:<name>`), `.json` bookkeeping (loss scale, skipped steps,
+options); `.json` is written last, so a checkpoint counts only once it exists. Everything is
+written atomically. `--start-step S` (or `latest`) resumes exactly: the batch stream is a pure
+function of (seed, position) and every step reseeds the framework RNG with (seed, step).
+
+Fixed release bugs: P1 (above); P2 the fixed-length bucketing path works; P4 logged distillation
+terms are averaged like the loss; P5 only rank 0 logs and writes; P6 the final step is always
+checkpointed; P7 the loss-scale window is an integer; the run is seeded (`--seed`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from bort_core import checkpoint as ckpt
+
+# ------------------------------------------------------------------------------------ options
+
+KD_LOSSES = ("kl", "release")
+DTYPES = ("float32", "float16", "bfloat16")
+NO_DECAY = (".gamma", ".beta", ".bias")    # suffixes of canonical names without weight decay
+PAD_ID = 1                                 # RoBERTa's <pad>; padded ids never reach the output
+
+
+@dataclasses.dataclass
+class PretrainOptions:
+    """Hyper-parameters of a run; defaults are the 2020 release's where it had one."""
+
+    student: str = "bort_4_8_768_1024"
+    teacher: Optional[str] = None              # teacher .params path (None: teacherless MLM)
+    teacher_config: str = "roberta_24_1024_16"
+    data: str = ""                             # glob(s) of training shards
+    eval_data: str = ""                        # glob(s) of eval shards ('' = none)
+    ckpt_dir: str = "runs/pretrain"            # '' = no checkpoints, no logs
+    num_steps: int = 2000000
+    warmup_ratio: float = 0.01
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    eps: float = 1e-6
+    beta1: float = 0.9
+    beta2: float = 0.999
+    clip_norm: float = 1.0
+    accumulate: int = 1
+    tokens_per_batch: int = 1024               # global (all workers together)
+    num_buckets: int = 20
+    use_avg_len: bool = True
+    temperature: float = 2.0
+    mlm_weight: float = 0.1
+    teacher_ce_weight: float = 0.5
+    kd_loss: str = "kl"
+    dtype: str = "float32"
+    dropout: Optional[float] = None            # override the student's dropout (0 for parity)
+    seed: int = 0
+    ckpt_interval: int = 10000
+    log_interval: int = 100
+    eval_interval: int = 0                     # 0: eval only at the end (when eval_data is set)
+    start_step: Optional[str] = None           # an integer or "latest"
+    init: Optional[str] = None                 # initial student weights (.params) instead of random
+    loss_scale: float = 2.0 ** 15
+    scale_window: int = 2000
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if self.kd_loss not in KD_LOSSES:
+            raise ValueError("--kd-loss must be one of %s, got %r" % (", ".join(KD_LOSSES),
+                                                                      self.kd_loss))
+        if self.dtype not in DTYPES:
+            raise ValueError("--dtype must be one of %s, got %r" % (", ".join(DTYPES), self.dtype))
+        for name in ("num_steps", "accumulate", "tokens_per_batch", "num_buckets",
+                     "log_interval", "ckpt_interval", "scale_window"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError("--%s must be at least 1, got %r"
+                                 % (name.replace("_", "-"), getattr(self, name)))
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError("--warmup-ratio must be in [0, 1], got %r" % self.warmup_ratio)
+        if self.temperature <= 0:
+            raise ValueError("--temperature must be positive, got %r" % self.temperature)
+        if self.lr < 0 or self.weight_decay < 0 or self.clip_norm < 0:
+            raise ValueError("--lr, --weight-decay and --clip-norm must be non-negative")
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.num_steps * self.warmup_ratio)
+
+
+def learning_rate(step: int, options: PretrainOptions) -> float:
+    """The release's schedule for optimizer step `step` (1-based)."""
+    warm = options.warmup_steps
+    if step <= warm:
+        return options.lr * step / warm
+    return options.lr * max(0.0, 1.0 - step / options.num_steps)
+
+
+def decays(name: str) -> bool:
+    """Whether BERTAdam applies weight decay to the canonical parameter `name`."""
+    return not name.endswith(NO_DECAY)
+
+
+# ------------------------------------------------------------------------------------- shards
+
+REQUIRED_FIELDS = ("input_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
+                   "valid_lengths")
+
+
+def expand_shards(patterns: str) -> List[str]:
+    """Sorted files matching comma-separated globs; an error names a pattern without matches."""
+    files = []
+    for part in filter(None, (patterns or "").split(",")):
+        found = sorted(glob.glob(os.path.expanduser(part)))
+        if not found:
+            raise FileNotFoundError("no shard matches %s" % part)
+        files.extend(found)
+    return files
+
+
+def load_shard(path: str, vocab_size: Optional[int] = None) -> Dict[str, list]:
+    """A validated `.npz` shard: lists of int32/float32 arrays per instance, plus lengths.
+
+    Every field and every instance is checked (names the file, field and instance)."""
+    try:
+        data = np.load(path, allow_pickle=True)
+    except (OSError, ValueError) as err:
+        raise ValueError("%s: not a readable .npz shard (%s)" % (path, err)) from None
+    with data:
+        missing = [f for f in REQUIRED_FIELDS if f not in data.files]
+        if missing:
+            raise ValueError("%s: shard lacks field(s) %s (a shard holds %s)"
+                             % (path, ", ".join(missing), ", ".join(REQUIRED_FIELDS)))
+        lengths = data["valid_lengths"]
+        if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
+            raise ValueError("%s: valid_lengths must be a 1-D integer array, got %s %s"
+                             % (path, lengths.dtype, lengths.shape))
+        n = len(lengths)
+        out = {"valid_lengths": lengths.astype(np.int32)}
+        for field in REQUIRED_FIELDS[:-1]:
+            arr = data[field]
+            if arr.ndim == 2 and arr.dtype != object:   # 2-D when every length is equal (B4)
+                arr = list(arr)
+            if len(arr) != n:
+                raise ValueError("%s: field %s has %d instances, valid_lengths has %d"
+                                 % (path, field, len(arr), n))
+            kind = "f" if field == "masked_lm_weights" else "iu"
+            rows = []
+            for i, row in enumerate(arr):
+                row = np.asarray(row)
+                if row.ndim != 1 or row.dtype.kind not in kind:
+                    raise ValueError("%s: %s[%d] must be a 1-D %s array, got %s %s"
+                                     % (path, field, i, "float" if kind == "f" else "integer",
+                                        row.dtype, row.shape))
+                rows.append(row.astype(np.float32 if kind == "f" else np.int32))
+            out[field] = rows
+    for i in range(n):
+        length, m = int(out["valid_lengths"][i]), len(out["masked_lm_ids"][i])
+        if len(out["input_ids"][i]) != length or length < 1:
+            raise ValueError("%s: instance %d has %d input ids but valid_length %d"
+                             % (path, i, len(out["input_ids"][i]), length))
+        if len(out["masked_lm_positions"][i]) != m or len(out["masked_lm_weights"][i]) != m:
+            raise ValueError("%s: instance %d: masked_lm_positions/ids/weights lengths differ"
+                             % (path, i))
+        pos = out["masked_lm_positions"][i]
+        if m and (pos.min() < 0 or pos.max() >= length):
+            raise ValueError("%s: instance %d: a masked position lies outside [0, %d)"
+                             % (path, i, length))
+        if vocab_size is not None:
+            for field in ("input_ids", "masked_lm_ids"):
+                ids = out[field][i]
+                if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
+                    raise ValueError("%s: instance %d: %s has ids outside the vocabulary "
+                                     "[0, %d)" % (path, i, field, vocab_size))
+    return out
+
+
+def write_synthetic_shard(path: str, num: int, vocab_size: int, seed: int = 0,
+                          max_len: int = 32, max_predictions: int = 5) -> str:
+    """A valid random shard in the 2020 format (for tests and throughput benchmarks)."""
+    from bort_core.data.pretraining import object_array
+
+    rng = np.random.RandomState(seed)
+    lengths = rng.randint(8, max_len + 1, size=num).astype(np.int32)
+    ids, pos, mids, weights = [], [], [], []
+    for n in lengths:
+        row = rng.randint(4, vocab_size, size=n).astype(np.int32)
+        row[0], row[-1] = 0, 2
+        m = int(rng.randint(1, min(max_predictions, n - 2) + 1))
+        p = np.sort(rng.choice(np.arange(1, n - 1), m, replace=False)).astype(np.int32)
+        ids.append(row)
+        pos.append(p)
+        mids.append(rng.randint(4, vocab_size, size=m).astype(np.int32))
+        weights.append(np.ones(m, np.float32))
+    fields = {"input_ids": object_array(ids), "segment_ids": object_array([0 * r for r in ids]),
+              "masked_lm_positions": object_array(pos), "masked_lm_ids": object_array(mids),
+              "masked_lm_weights": object_array(weights),
+              "next_sentence_labels": np.zeros(num, np.int32), "valid_lengths": lengths}
+    tmp = path[:-len(".npz")] + ".tmp.npz"
+    np.savez_compressed(tmp, **fields)
+    os.replace(tmp, path)
+    return path
+
+
+def bucket_batches(lengths: np.ndarray, tokens_per_batch: int, num_buckets: int,
+                   rng: np.random.RandomState, use_avg_len: bool = True,
+                   min_rows: int = 1) -> List[np.ndarray]:
+    """Index arrays covering every instance exactly once, grouped by length.
+
+    Bucket keys are `num_buckets` evenly spaced lengths up to the longest (as GluonNLP's
+    FixedBucketSampler); an instance goes to the first bucket whose key is >= its length. A
+    bucket's batch holds max(min_rows, tokens_per_batch // L) rows, L the bucket's mean length
+    (`use_avg_len`, the release's default) or its key (so a padded batch never exceeds the
+    budget). Rows are shuffled inside buckets and batches across buckets by `rng`.
+    """
+    lengths = np.asarray(lengths)
+    if len(lengths) == 0:
+        return []
+    top, low = int(lengths.max()), int(lengths.min())
+    keys = np.unique(np.linspace(low, top, num=max(1, num_buckets)).round().astype(np.int64))
+    keys[-1] = top
+    which = np.searchsorted(keys, lengths, side="left")
+    batches = []
+    for b, key in enumerate(keys):
+        members = np.flatnonzero(which == b)
+        if not len(members):
+            continue
+        rng.shuffle(members)
+        size = float(lengths[members].mean()) if use_avg_len else float(key)
+        rows = max(min_rows, int(tokens_per_batch // max(size, 1.0)))
+        batches.extend(members[i:i + rows] for i in range(0, len(members), rows))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def collate(shard: Dict[str, list], rows: np.ndarray) -> Dict[str, np.ndarray]:
+    """A padded MLM batch (the Backend protocol's layout) from instances `rows` of a shard."""
+    lengths = shard["valid_lengths"][rows]
+    length, m = int(lengths.max()), max(1, max(len(shard["masked_lm_ids"][r]) for r in rows))
+    ids = np.full((len(rows), length), PAD_ID, dtype=np.int32)
+    pos = np.zeros((len(rows), m), dtype=np.int32)
+    mids = np.zeros((len(rows), m), dtype=np.int32)
+    weights = np.zeros((len(rows), m), dtype=np.float32)
+    for k, r in enumerate(rows):
+        ids[k, :lengths[k]] = shard["input_ids"][r]
+        n = len(shard["masked_lm_ids"][r])
+        pos[k, :n] = shard["masked_lm_positions"][r]
+        mids[k, :n] = shard["masked_lm_ids"][r]
+        weights[k, :n] = shard["masked_lm_weights"][r]
+    return {"input_ids": ids, "valid_length": lengths.astype(np.int32), "masked_positions": pos,
+            "masked_ids": mids, "masked_weights": weights}
+
+
+class BatchStream:
+    """The global batches of a run, a pure function of (files, options, epoch): every batch of
+    every shard (P1 fixed). `batches(start)` resumes at any position without replaying.
+
+    Shards are read lazily and one at a time (the current one stays cached)."""
+
+    def __init__(self, files: Sequence[str], tokens_per_batch: int, num_buckets: int = 20,
+                 use_avg_len: bool = True, seed: int = 0, vocab_size: Optional[int] = None,
+                 min_rows: int = 1):
+        if not files:
+            raise ValueError("no shard files given")
+        self.files, self.seed, self.vocab_size = list(files), seed, vocab_size
+        self.tokens, self.buckets, self.avg, self.min_rows = (tokens_per_batch, num_buckets,
+                                                              use_avg_len, min_rows)
+        self._cache = (None, None)
+        self._counts = None
+
+    def shard(self, path):
+        if self._cache[0] != path:
+            self._cache = (path, load_shard(path, self.vocab_size))
+        return self._cache[1]
+
+    def _plan(self, epoch, path):
+        rng = np.random.RandomState([self.seed, epoch, self.files.index(path)])
+        return bucket_batches(self.shard(path)["valid_lengths"], self.tokens, self.buckets, rng,
+                              self.avg, self.min_rows)
+
+    def epoch_files(self, epoch):
+        order = np.random.RandomState([self.seed, epoch]).permutation(len(self.files))
+        return [self.files[i] for i in order]
+
+    def validate(self):
+        """Load (and so check) every shard once; returns the batch count of one epoch."""
+        self._counts = {path: len(self._plan(0, path)) for path in self.files}
+        return sum(self._counts.values())
+
+    def batches(self, start: int = 0, epochs: Optional[int] = None) -> Iterator[Dict]:
+        """Global batches from position `start` on (endlessly unless `epochs` is given)."""
+        if self._counts is None:
+            self.validate()
+        per_epoch = sum(self._counts.values())
+        epoch, skip = divmod(start, per_epoch)
+        while epochs is None or epoch < epochs:
+            for path in self.epoch_files(epoch):
+                if skip >= self._counts[path]:
+                    skip -= self._counts[path]
+                    continue
+                shard = self.shard(path)
+                for rows in self._plan(epoch, path)[skip:]:
+                    yield collate(shard, rows)
+                skip = 0
+            epoch += 1
+
+
+class BatchList:
+    """Given batches as a stream (cycled), for callers that bring their own (parity, Backend)."""
+
+    def __init__(self, batches: Sequence[Dict[str, np.ndarray]]):
+        self.items = list(batches)
+        if not self.items:
+            raise ValueError("no batches given")
+
+    def batches(self, start: int = 0, epochs: Optional[int] = None) -> Iterator[Dict]:
+        end = None if epochs is None else epochs * len(self.items)
+        position = start
+        while end is None or position < end:
+            yield self.items[position % len(self.items)]
+            position += 1
+
+
+def worker_slice(batch: Dict[str, np.ndarray], rank: int, world: int) -> Dict[str, np.ndarray]:
+    """Worker `rank`'s rows of a global batch (`np.array_split` order)."""
+    if world == 1:
+        return batch
+    rows = np.array_split(np.arange(len(batch["valid_length"])), world)[rank]
+    if not len(rows):
+        raise ValueError("a batch of %d rows cannot feed %d workers; raise --tokens-per-batch"
+                         % (len(batch["valid_length"]), world))
+    return {k: v[rows] for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------ loss oracle
+
+def _log_softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
+
+
+def reference_losses(student_logits, masked_ids, masked_weights, teacher_logits=None,
+                     temperature=2.0, kd_loss="kl", normalizer=None) -> Dict[str, float]:
+    """The loss terms of the module docstring in float64 numpy (the test oracle)."""
+    s = np.asarray(student_logits, np.float64)
+    w = np.asarray(masked_weights, np.float64)
+    n = w.sum() + 1e-8 if normalizer is None else normalizer
+    logp = _log_softmax(s)
+    ce = -np.take_along_axis(logp, np.asarray(masked_ids)[..., None].astype(np.int64), -1)[..., 0]
+    out = {"mlm_loss": float((w * ce).sum() / n),
+           "mlm_acc": float((w * (s.argmax(-1) == masked_ids)).sum() / n)}
+    if teacher_logits is not None:
+        t = np.asarray(teacher_logits, np.float64)
+        log_ps, log_pt = _log_softmax(s / temperature), _log_softmax(t / temperature)
+        ps, pt = np.exp(log_ps), np.exp(log_pt)
+        if kd_loss == "kl":
+            kd = (pt * (log_pt - log_ps)).sum(-1)
+        else:
+            kd = (pt * (np.log(pt + 1e-12) - _log_softmax(ps))).mean(-1)
+        out["teacher_ce"] = float(temperature ** 2 * (w * kd).sum() / n)
+        out["teacher_mse"] = float((w * ((ps - pt) ** 2).mean(-1)).sum() / n)
+    return out
+
+
+# ------------------------------------------------------------------------------ loss scaling
+
+class LossScaler:
+    """Dynamic loss scaling for float16: the scale halves on a non-finite gradient (the step is
+    skipped and counted) and doubles after `window` finite steps in a row (an integer: P7)."""
+
+    def __init__(self, scale: float = 2.0 ** 15, window: int = 2000, enabled: bool = True):
+        self.scale = float(scale) if enabled else 1.0
+        self.window, self.enabled = int(window), enabled
+        self.good, self.skipped = 0, 0
+
+    def update(self, finite: bool) -> None:
+        if not self.enabled:
+            return
+        if not finite:
+            self.scale, self.good = max(self.scale / 2.0, 1.0), 0
+            self.skipped += 1
+            return
+        self.good += 1
+        if self.good % self.window == 0:
+            self.scale *= 2.0
+
+    def state(self) -> Dict:
+        return {"scale": self.scale, "good": self.good, "skipped": self.skipped}
+
+    def load(self, state: Dict) -> None:
+        self.scale, self.good, self.skipped = state["scale"], state["good"], state["skipped"]
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+def checkpoint_paths(ckpt_dir: str, step: int) -> Dict[str, str]:
+    stem = os.path.join(ckpt_dir, "%07d" % step)
+    return {"params": stem + ".params", "states": stem + ".states", "meta": stem + ".json"}
+
+
+def complete_steps(ckpt_dir: str) -> List[int]:
+    """Steps with a complete checkpoint (its .json written last), ascending."""
+    steps = []
+    for path in glob.glob(os.path.join(ckpt_dir, "[0-9]" * 7 + ".json")):
+        step = int(os.path.basename(path)[:7])
+        if all(os.path.exists(p) for p in checkpoint_paths(ckpt_dir, step).values()):
+            steps.append(step)
+    return sorted(steps)
+
+
+def resolve_start(ckpt_dir: str, start_step) -> int:
+    """`--start-step`: None/0 (fresh), an integer with a complete checkpoint, or 'latest'."""
+    if start_step in (None, "", "0", 0):
+        return 0
+    steps = complete_steps(ckpt_dir)
+    if str(start_step) == "latest":
+        if not steps:
+            raise FileNotFoundError("--start-step latest: no complete checkpoint in %s" % ckpt_dir)
+        return steps[-1]
+    try:
+        step = int(start_step)
+    except ValueError:
+        raise ValueError("--start-step must be an integer or 'latest', got %r" % start_step) from None
+    if step not in steps:
+        raise FileNotFoundError("--start-step %d: no complete checkpoint %s in %s (found: %s)"
+                                % (step, "%07d.{params,states,json}" % step, ckpt_dir,
+                                   ", ".join(map(str, steps)) or "none"))
+    return step
+
+
+def save_checkpoint(ckpt_dir: str, step: int, params: Dict[str, np.ndarray],
+                    states: Dict[str, np.ndarray], meta: Dict) -> str:
+    """Write the three files of a checkpoint atomically, the `.json` marker last."""
+    paths = checkpoint_paths(ckpt_dir, step)
+    ckpt.save_params(paths["params"], params, store_tied_decoder=True)
+    ckpt.save_ndarrays(paths["states"], states)
+    tmp = paths["meta"] + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(tmp, paths["meta"])
+    return paths["params"]
+
+
+def load_checkpoint(ckpt_dir: str, step: int):
+    """(params, optimizer states, meta) of a complete checkpoint."""
+    paths = checkpoint_paths(ckpt_dir, step)
+    params = ckpt.drop_tied_decoder(ckpt.load_params(paths["params"]), source=paths["params"])
+    states = ckpt.load_params(paths["states"], strip_module_prefixes=False)
+    with open(paths["meta"]) as f:
+        return params, states, json.load(f)
+
+
+def check_writable(directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError("checkpoint directory %s is not writable (%s)" % (directory, err)) from None
+
+
+# ------------------------------------------------------------------------------------- setup
+
+def initial_params(config, seed: int = 0) -> Dict[str, np.ndarray]:
+    """The release's initialisation drawn in numpy (N(0, 0.02) weights, zero biases, unit
+    gains), so both frameworks start from the same weights for a seed."""
+    from bort_core.arch import canonical_shapes
+
+    rng = np.random.RandomState(seed)
+    params = {}
+    for name, shape in canonical_shapes(config).items():
+        if name.endswith(".gamma"):
+            params[name] = np.ones(shape, np.float32)
+        elif name.endswith((".beta", ".bias")):
+            params[name] = np.zeros(shape, np.float32)
+        else:
+            params[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    return params
+
+
+def resolve_models(options: PretrainOptions):
+    """(student config, initial student params, teacher config or None, teacher params or None),
+    validated before any training: unknown configs, missing files, vocabulary mismatch."""
+    from bort_core.configs import get_config
+
+    params = None
+    if options.init:
+        student, params = ckpt.load_model_params(options.init, options.student)
+    else:
+        student = get_config(options.student)
+    if options.dropout is not None:
+        student = student.replace(dropout=options.dropout, embed_dropout=options.dropout)
+    teacher, teacher_params = None, None
+    if options.teacher:
+        if not os.path.exists(options.teacher):
+            raise FileNotFoundError("teacher checkpoint %s does not exist" % options.teacher)
+        teacher, teacher_params = ckpt.load_model_params(options.teacher, options.teacher_config)
+        teacher = teacher.without_dropout()
+        if teacher.vocab_size != student.vocab_size:
+            raise ValueError("teacher %s has a %d-entry vocabulary, the student %s %d: they must "
+                             "share one" % (options.teacher, teacher.vocab_size, student.name,
+                                            student.vocab_size))
+    if params is None:
+        params = initial_params(student, options.seed)
+    return student, params, teacher, teacher_params
+
+
+def make_streams(options: PretrainOptions, vocab_size: int, world: int = 1):
+    """(train stream, eval stream or None), every shard loaded and validated once."""
+    if not options.data:
+        raise ValueError("--data: give the training shards (e.g. 'shards/part-*.npz')")
+    kw = dict(tokens_per_batch=options.tokens_per_batch, num_buckets=options.num_buckets,
+              use_avg_len=options.use_avg_len, seed=options.seed, vocab_size=vocab_size,
+              min_rows=world)
+    stream = BatchStream(expand_shards(options.data), **kw)
+    stream.validate()
+    eval_stream = None
+    if options.eval_data:
+        eval_stream = BatchStream(expand_shards(options.eval_data), **kw)
+        eval_stream.validate()
+    return stream, eval_stream
+
+
+def total_loss(terms: Dict, options: PretrainOptions):
+    """The optimised loss from the terms (numbers or framework tensors alike)."""
+    if "teacher_ce" not in terms:
+        return terms["mlm_loss"]
+    return options.mlm_weight * terms["mlm_loss"] + options.teacher_ce_weight * terms["teacher_ce"]
+
+
+def clip_factor(norm: float, clip_norm: float) -> float:
+    """GluonNLP's clip_grad_global_norm factor: min(1, clip / (norm + 1e-8)); 1 when off."""
+    return min(1.0, clip_norm / (norm + 1e-8)) if clip_norm > 0 else 1.0
+
+
+# ----------------------------------------------------------------------------------- logging
+
+class EventLog:
+    """TensorBoard scalars (tensorboardX, framework-neutral) plus a JSON-lines log, rank 0 only;
+    tags as the release named them (train/losses/mlm_loss, learning_rate/lr, ...)."""
+
+    def __init__(self, directory: str, tensorboard: bool = True):
+        os.makedirs(directory, exist_ok=True)
+        self.writer = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise SystemExit("TensorBoard events need tensorboardX: pip install -e "
+                                 "'.[tensorboard]' (or pass --no-tensorboard)") from None
+            self.writer = SummaryWriter(os.path.join(directory, "tensorboard"))
+        self.jsonl = open(os.path.join(directory, "log.jsonl"), "a")
+
+    def write(self, phase: str, step: int, row: Dict[str, float]) -> None:
+        self.jsonl.write(json.dumps(dict(row, phase=phase, step=step)) + "\n")
+        self.jsonl.flush()
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            group = {"lr": "learning_rate", "tokens_per_s": "latency", "duration": "latency",
+                     "skipped": "global", "loss_scale": "global", "grad_norm": "global"}.get(
+                         key, "losses")
+            self.writer.add_scalar("%s/%s/%s" % (phase, group, key), value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.jsonl.close()
+
+
+def format_row(step: int, row: Dict[str, float]) -> str:
+    keys = ("loss", "mlm_loss", "mlm_acc", "teacher_ce", "teacher_mse", "lr", "tokens_per_s",
+            "skipped")
+    return "step %d: " % step + " ".join("%s %.6g" % (k, row[k]) for k in keys if k in row)
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+class Engine:
+    """What a framework provides (bort_gluon/bort_torch.pretrain.Engine implement it).
+
+    Statistics are SUMS over this worker's rows (loss terms already divided by the global
+    normalizer), so `allreduce` of them over workers gives the global values."""
+
+    rank = 0
+    world = 1
+
+    def params(self) -> Dict[str, np.ndarray]:
+        """The student's canonical parameters."""
+
+    def states(self) -> Dict[str, np.ndarray]:
+        """BERTAdam moments as `mean:<name>` / `var:<name>` arrays."""
+
+    def load(self, params: Dict[str, np.ndarray], states: Optional[Dict[str, np.ndarray]]):
+        """Replace the student's weights (and optimizer moments)."""
+
+    def seed(self, value: int) -> None:
+        """Reseed the framework RNG (dropout)."""
+
+    def backward(self, batch: Dict[str, np.ndarray], normalizer: float, scale: float) -> Dict:
+        """Forward + backward of this worker's rows, gradients ADDED; returns statistic sums."""
+
+    def update(self, lr: float, scale: float) -> Dict:
+        """All-reduce (sum) the gradients, unscale, check finiteness, clip, BERTAdam step if
+        finite, zero the gradients; returns {'finite': bool, 'grad_norm': float}."""
+
+    def evaluate(self, batch: Dict[str, np.ndarray], normalizer: float) -> Dict:
+        """Statistic sums of this worker's rows in eval mode, no gradients."""
+
+    def allreduce(self, values: List[float]) -> List[float]:
+        """Sum of a list of floats over workers."""
+
+
+STAT_KEYS = ("loss", "mlm_loss", "mlm_acc", "teacher_ce", "teacher_mse", "tokens")
+
+
+def _merge(engine, stats: List[Dict]) -> Dict[str, float]:
+    keys = [k for k in STAT_KEYS if k in stats[0]]
+    totals = engine.allreduce([sum(s[k] for s in stats) for k in keys])
+    return dict(zip(keys, totals))
+
+
+def normalizer(batch: Dict[str, np.ndarray]) -> float:
+    """n = sum of masked weights of the GLOBAL batch + 1e-8."""
+    return float(batch["masked_weights"].astype(np.float64).sum()) + 1e-8
+
+
+def evaluate(engine: Engine, stream: BatchStream) -> Dict[str, float]:
+    """Mean statistics over one pass of every eval batch (weighted by masked positions)."""
+    sums, total = {}, 0.0
+    for batch in stream.batches(0, epochs=1):
+        n = normalizer(batch)
+        stats = engine.evaluate(worker_slice(batch, engine.rank, engine.world), n)
+        merged = _merge(engine, [stats])
+        for k, v in merged.items():
+            sums[k] = sums.get(k, 0.0) + (v * n if k != "tokens" else v)
+        total += n
+    return {k: (v / total if k != "tokens" else v) for k, v in sums.items()}
+
+
+def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStream,
+                    eval_stream: Optional[BatchStream] = None,
+                    meta: Optional[Dict] = None) -> List[Dict[str, float]]:
+    """Train `engine` from `options.start_step` to `options.num_steps`; returns per-step rows
+    (global statistics) of the steps run. Rank 0 writes checkpoints and logs."""
+    from tqdm import tqdm
+
+    master = engine.rank == 0
+    keep = bool(options.ckpt_dir)          # '' runs without checkpoints or log files
+    if master and keep:
+        check_writable(options.ckpt_dir)
+    start = resolve_start(options.ckpt_dir, options.start_step) if keep else 0
+    scaler = LossScaler(options.loss_scale, options.scale_window,
+                        enabled=options.dtype == "float16")
+    if start:
+        params, states, saved = load_checkpoint(options.ckpt_dir, start)
+        engine.load(params, states)
+        scaler.load(saved["loss_scaler"])
+    log = EventLog(options.ckpt_dir, options.tensorboard) if master and keep else None
+    rows, window, last_good = [], [], start
+    batches = stream.batches(start * options.accumulate)
+    bar = tqdm(total=options.num_steps, initial=start, desc="pretrain", unit="step",
+               disable=not (master and options.progress))
+    tic = time.time()
+    try:
+        for step in range(start + 1, options.num_steps + 1):
+            engine.seed(options.seed * 1000003 + step)
+            lr = learning_rate(step, options)
+            stats = []
+            for _ in range(options.accumulate):
+                batch = next(batches)
+                stats.append(engine.backward(worker_slice(batch, engine.rank, engine.world),
+                                             normalizer(batch) * options.accumulate,
+                                             scaler.scale))
+            row = _merge(engine, stats)     # means over the micro-batches (normalised by n*acc)
+            result = engine.update(lr, scaler.scale)
+            if not result["finite"] and not scaler.enabled:
+                raise FloatingPointError(
+                    "step %d: non-finite loss/gradient (loss %r) in %s; the last good checkpoint "
+                    "is step %d in %s" % (step, row["loss"], options.dtype, last_good,
+                                          options.ckpt_dir))
+            scaler.update(result["finite"])
+            row.update(lr=lr, grad_norm=result["grad_norm"], skipped=scaler.skipped,
+                       loss_scale=scaler.scale)
+            rows.append(row)
+            window.append(row)
+            bar.update(1)
+            if step % options.log_interval == 0 or step == options.num_steps:
+                elapsed = max(time.time() - tic, 1e-9)
+                summary = {k: float(np.mean([r[k] for r in window])) for k in row if k != "tokens"}
+                summary["tokens_per_s"] = sum(r["tokens"] for r in window) / elapsed
+                summary["duration"] = elapsed
+                if log is not None:
+                    log.write("train", step, summary)
+                if master and options.progress:
+                    bar.write(format_row(step, summary))
+                window, tic = [], time.time()
+            if step % options.ckpt_interval == 0 or step == options.num_steps:
+                if master and keep:
+                    save_checkpoint(options.ckpt_dir, step, engine.params(), engine.states(),
+                                    dict(meta or {}, step=step, loss_scaler=scaler.state(),
+                                         options=dataclasses.asdict(options)))
+                last_good = step
+            if eval_stream is not None and (
+                    (options.eval_interval and step % options.eval_interval == 0)
+                    or step == options.num_steps):
+                result = evaluate(engine, eval_stream)
+                if log is not None:
+                    log.write("eval", step, result)
+                if master and options.progress:
+                    bar.write("eval " + format_row(step, result))
+                rows[-1].update({"eval_" + k: v for k, v in result.items()})
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return rows
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| in float64 (0 when both vanish)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    den = float(np.linalg.norm(b))
+    num = float(np.linalg.norm(a - b))
+    return num / den if den else num

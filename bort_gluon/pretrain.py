@@ -1,0 +1,181 @@
+"""Distillation pretraining in MXNet/GluonNLP, as the 2020 release ran it.
+
+`Engine` implements `bort_core.pretrain.Engine`: the student accumulates gradients
+(grad_req='add'), GluonNLP's BERTAdam updates it through an MXNet updater, and Horovod sums the
+gradients over workers once per optimizer step (`horovodrun`, gloo on CPU, NCCL on GPU).
+`pretrain(options)` runs a whole job. Precision: float32 (float16 and bfloat16 are offered by
+the torch twin only; see the README's deviations).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import mxnet as mx
+import numpy as np
+from gluonnlp.optimizer import BERTAdam
+from mxnet import autograd
+
+from bort_core import pretrain as core
+from bort_gluon.model import BortModel, initialize_like_release, named_parameters, set_params
+
+
+def distillation_terms(logits, teacher_logits, ids, weights, normalizer, temperature, kd_loss):
+    """Sums of the loss terms over these rows, each divided by the global `normalizer`; the
+    softmax arithmetic runs in float64 (sums over the vocabulary)."""
+    nd = mx.nd
+    logits, weights = logits.astype("float64"), weights.astype("float64")
+    ids = ids.astype("float64")
+    ce = -nd.pick(nd.log_softmax(logits, axis=-1), ids, axis=-1)
+    out = {"mlm_loss": (weights * ce).sum() / normalizer,
+           "mlm_acc": (weights * (nd.argmax(logits, axis=-1) == ids)).sum() / normalizer}
+    if teacher_logits is not None:
+        log_ps = nd.log_softmax(logits / temperature, axis=-1)
+        log_pt = nd.log_softmax(teacher_logits.astype("float64") / temperature, axis=-1)
+        ps, pt = nd.exp(log_ps), nd.exp(log_pt)
+        if kd_loss == "kl":
+            kd = (pt * (log_pt - log_ps)).sum(axis=-1)
+        else:   # the release: KLDivLoss(from_logits=False) on probabilities, mxnet 1.5 mean
+            kd = (pt * (nd.log(pt + 1e-12) - nd.log_softmax(ps, axis=-1))).mean(axis=-1)
+        out["teacher_ce"] = temperature ** 2 * (weights * kd).sum() / normalizer
+        out["teacher_mse"] = (weights * ((ps - pt) ** 2).mean(axis=-1)).sum() / normalizer
+    return out
+
+
+class Engine(core.Engine):
+    """Student (+ frozen teacher) and BERTAdam on one worker; see bort_core.pretrain.Engine."""
+
+    def __init__(self, options: core.PretrainOptions, student, params, teacher=None,
+                 teacher_params=None, rank: int = 0, world: int = 1, ctx=None):
+        if options.dtype != "float32":
+            raise ValueError("--dtype %s: bort_gluon pretrains in float32; float16/bfloat16 "
+                             "runs use --framework torch" % options.dtype)
+        self.opt_, self.rank, self.world = options, rank, world
+        self.ctx = ctx or mx.cpu()
+        self.model = BortModel(student)
+        initialize_like_release(self.model, self.ctx)
+        set_params(self.model, params, options.init or "initial parameters")
+        self.teacher = None
+        if teacher is not None:
+            self.teacher = BortModel(teacher)
+            initialize_like_release(self.teacher, self.ctx)
+            set_params(self.teacher, teacher_params, options.teacher)
+            self.teacher.collect_params().setattr("grad_req", "null")
+        self.named = named_parameters(self.model)
+        self.order = list(self.named)
+        for name, p in self.named.items():
+            p.grad_req = "add"
+            p.wd_mult = 1.0 if core.decays(name) else 0.0
+        self.optimizer = BERTAdam(learning_rate=options.lr, beta1=options.beta1,
+                                  beta2=options.beta2, epsilon=options.eps,
+                                  wd=options.weight_decay,
+                                  param_dict={i: self.named[n] for i, n in enumerate(self.order)})
+        self.updater = mx.optimizer.get_updater(self.optimizer)
+        self.model.collect_params().zero_grad()
+
+    def _arrays(self, batch):
+        return {k: mx.nd.array(v, ctx=self.ctx, dtype="float32") for k, v in batch.items()}
+
+    def _terms(self, b, normalizer):
+        o = self.opt_
+        _, logits = self.model(b["input_ids"], b["valid_length"], b["masked_positions"])
+        teacher_logits = None
+        if self.teacher is not None:
+            with autograd.pause():
+                _, teacher_logits = self.teacher(b["input_ids"], b["valid_length"],
+                                                 b["masked_positions"])
+        terms = distillation_terms(logits, teacher_logits, b["masked_ids"], b["masked_weights"],
+                                   normalizer, o.temperature, o.kd_loss)
+        terms["loss"] = core.total_loss(terms, o)
+        return terms
+
+    def _stats(self, terms, batch):
+        stats = {k: float(v.asscalar()) for k, v in terms.items()}
+        stats["tokens"] = float(batch["valid_length"].sum())
+        return stats
+
+    def backward(self, batch, normalizer, scale):
+        b = self._arrays(batch)
+        with autograd.record():
+            terms = self._terms(b, normalizer)
+            scaled = terms["loss"] * scale
+        scaled.backward()
+        return self._stats(terms, batch)
+
+    def evaluate(self, batch, normalizer):
+        return self._stats(self._terms(self._arrays(batch), normalizer), batch)
+
+    def update(self, lr, scale):
+        grads = [self.named[n].grad(self.ctx) for n in self.order]
+        if self.world > 1:
+            import horovod.mxnet as hvd
+            for i, g in enumerate(grads):
+                hvd.allreduce_(g, op=hvd.Sum, name="grad.%d" % i)
+        norms = mx.nd.concat(*[mx.nd.norm(g).reshape((1,)) for g in grads], dim=0).asnumpy()
+        norm = float(np.sqrt(np.sum(norms.astype(np.float64) ** 2))) / scale
+        finite = bool(np.isfinite(norm))
+        if finite:
+            self.optimizer.set_learning_rate(lr)
+            self.optimizer.rescale_grad = core.clip_factor(norm, self.opt_.clip_norm) / scale
+            for i, n in enumerate(self.order):
+                self.updater(i, grads[i], self.named[n].data(self.ctx))
+        for g in grads:
+            g[:] = 0
+        return {"finite": finite, "grad_norm": norm}
+
+    def seed(self, value):
+        mx.random.seed(value)
+
+    def params(self) -> Dict[str, np.ndarray]:
+        return {n: p.data(self.ctx).asnumpy() for n, p in self.named.items()}
+
+    def states(self) -> Dict[str, np.ndarray]:
+        out = {}
+        for i, name in enumerate(self.order):
+            if i in self.updater.states:
+                mean, var = (s.asnumpy() for s in self.updater.states[i])
+            else:
+                mean = var = np.zeros(self.named[name].shape, np.float32)
+            out["mean:" + name], out["var:" + name] = mean, var
+        return out
+
+    def load(self, params, states=None):
+        set_params(self.model, params, "checkpoint")
+        if states is None:
+            return
+        for i, name in enumerate(self.order):
+            self.updater.states[i] = tuple(mx.nd.array(states["%s:%s" % (k, name)], ctx=self.ctx)
+                                           for k in ("mean", "var"))
+            self.updater.states_synced[i] = True
+
+    def allreduce(self, values: List[float]) -> List[float]:
+        if self.world == 1:
+            return list(values)
+        import horovod.mxnet as hvd
+        out = hvd.allreduce(mx.nd.array(values, dtype="float64"), op=hvd.Sum, name="stats")
+        return [float(v) for v in out.asnumpy()]
+
+
+def init_distributed():
+    """(rank, world, ctx): Horovod when launched by horovodrun, else one process."""
+    if "HOROVOD_RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
+        return 0, 1, mx.cpu()
+    import horovod.mxnet as hvd
+    hvd.init()
+    gpu = mx.context.num_gpus() > 0
+    return hvd.rank(), hvd.size(), mx.gpu(hvd.local_rank()) if gpu else mx.cpu()
+
+
+def build_engine(options: core.PretrainOptions, rank: int = 0, world: int = 1, ctx=None):
+    """(engine, student config): models resolved and checked by bort_core.pretrain."""
+    student, params, teacher, teacher_params = core.resolve_models(options)
+    return Engine(options, student, params, teacher, teacher_params, rank, world, ctx), student
+
+
+def pretrain(options: core.PretrainOptions, ctx=None) -> List[Dict]:
+    """Run a whole pretraining job (one process, or one horovodrun worker)."""
+    rank, world, auto = init_distributed()
+    engine, student = build_engine(options, rank, world, ctx or auto)
+    stream, eval_stream = core.make_streams(options, student.vocab_size, world)
+    return core.run_pretraining(engine, options, stream, eval_stream,
+                                meta={"framework": "gluon", "workers": world})

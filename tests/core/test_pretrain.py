@@ -1,0 +1,202 @@
+"""bort_core.pretrain: data order (P1), schedule, loss oracle, loss scaling, checkpoints, errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bort_core import checkpoint as ckpt
+from bort_core import pretrain as core
+from bort_core.configs import DEMO_VOCAB_SIZE, get_config
+from bort_core.data.pretraining import object_array
+
+
+@pytest.fixture
+def shards(tmp_path):
+    return [core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 37 + 5 * k,
+                                       DEMO_VOCAB_SIZE, seed=k) for k in range(3)]
+
+
+def _instances(batch):
+    """Each row of a collated batch as a hashable key (its ids up to valid_length)."""
+    return [tuple(batch["input_ids"][r, :batch["valid_length"][r]])
+            for r in range(len(batch["valid_length"]))]
+
+
+def test_an_epoch_uses_every_instance_of_every_shard_once(shards):
+    # release bug P1: only the first batch of each file was ever used
+    stream = core.BatchStream(shards, tokens_per_batch=96, num_buckets=4, seed=3)
+    per_epoch = stream.validate()
+    seen = [key for b in stream.batches(0, epochs=1) for key in _instances(b)]
+    expected = [tuple(ids) for path in shards for ids in core.load_shard(path)["input_ids"]]
+    assert sorted(seen) == sorted(expected)
+    assert per_epoch == len(list(stream.batches(0, epochs=1))) > len(shards)
+
+
+def test_stream_resumes_at_any_position_and_epochs_differ(shards):
+    stream = core.BatchStream(shards, tokens_per_batch=96, num_buckets=4, seed=3)
+    n = stream.validate()
+    full = list(stream.batches(0, epochs=2))
+    tail = list(stream.batches(n - 2, epochs=2))
+    assert len(tail) == len(full) - (n - 2)
+    for a, b in zip(full[n - 2:], tail):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert [_instances(b) for b in full[:n]] != [_instances(b) for b in full[n:]]
+
+
+def test_bucket_batches_respect_the_token_budget_without_avg_len():
+    lengths = np.random.RandomState(0).randint(5, 100, size=500)
+    batches = core.bucket_batches(lengths, 400, 10, np.random.RandomState(1), use_avg_len=False)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    assert all(len(b) * lengths[b].max() <= 400 or len(b) == 1 for b in batches)
+    avg = core.bucket_batches(lengths, 400, 10, np.random.RandomState(1), use_avg_len=True)
+    assert sorted(np.concatenate(avg).tolist()) == list(range(500))
+    assert len(avg) < len(batches)     # the mean length packs more rows than the bucket key
+
+
+def test_worker_slices_partition_the_global_batch(shards):
+    batch = next(core.BatchStream(shards, 200, 2, min_rows=3).batches())
+    parts = [core.worker_slice(batch, r, 3) for r in range(3)]
+    for key in batch:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key])
+    with pytest.raises(ValueError, match="cannot feed"):
+        core.worker_slice({k: v[:1] for k, v in batch.items()}, 1, 2)
+
+
+def test_collate_pads_and_keeps_weights(shards):
+    shard = core.load_shard(shards[0])
+    batch = core.collate(shard, np.array([0, 1, 2]))
+    for k, r in enumerate((0, 1, 2)):
+        n = len(shard["masked_lm_ids"][r])
+        np.testing.assert_array_equal(batch["masked_ids"][k, :n], shard["masked_lm_ids"][r])
+        assert batch["masked_weights"][k, n:].sum() == 0
+        assert (batch["input_ids"][k, shard["valid_lengths"][r]:] == core.PAD_ID).all()
+
+
+def _write(path, **fields):
+    np.savez(path, **fields)
+    return str(path)
+
+
+def test_bad_shards_are_named(tmp_path, shards):
+    data = dict(np.load(shards[0], allow_pickle=True))
+    missing = {k: v for k, v in data.items() if k != "masked_lm_ids"}
+    with pytest.raises(ValueError, match="lacks field.*masked_lm_ids"):
+        core.load_shard(_write(tmp_path / "a.npz", **missing))
+    wrong = dict(data, masked_lm_weights=object_array([w.astype(np.int32)
+                                                       for w in data["masked_lm_weights"]]))
+    with pytest.raises(ValueError, match=r"masked_lm_weights\[0\] must be a 1-D float"):
+        core.load_shard(_write(tmp_path / "b.npz", **wrong))
+    short = dict(data, valid_lengths=data["valid_lengths"] + 1)
+    with pytest.raises(ValueError, match="instance 0 has"):
+        core.load_shard(_write(tmp_path / "c.npz", **short))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        core.load_shard(shards[0], vocab_size=10)
+    with pytest.raises(FileNotFoundError, match="no shard matches"):
+        core.expand_shards(str(tmp_path / "nothing-*.npz"))
+
+
+def test_learning_rate_schedule_is_the_releases():
+    o = core.PretrainOptions(num_steps=100, warmup_ratio=0.1, lr=1.0)
+    assert core.learning_rate(1, o) == pytest.approx(0.1)
+    assert core.learning_rate(10, o) == pytest.approx(1.0)
+    assert core.learning_rate(11, o) == pytest.approx(0.89)
+    assert core.learning_rate(100, o) == 0.0
+
+
+def test_weight_decay_exclusions():
+    assert core.decays("encoder.transformer_cells.0.ffn.ffn_1.weight")
+    assert core.decays("word_embed.0.weight")
+    for name in ("encoder.layer_norm.gamma", "decoder.2.beta", "decoder.3.bias"):
+        assert not core.decays(name)
+
+
+def test_reference_losses():
+    rng = np.random.RandomState(0)
+    s, t = rng.normal(size=(2, 3, 11)), rng.normal(size=(2, 3, 11))
+    ids, w = rng.randint(0, 11, (2, 3)), np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+    kl = core.reference_losses(s, ids, w, t, 2.0, "kl")
+    rel = core.reference_losses(s, ids, w, t, 2.0, "release")
+    same = core.reference_losses(s, ids, w, s, 2.0, "kl")
+    assert kl["teacher_ce"] > 0 and abs(same["teacher_ce"]) < 1e-12
+    assert abs(rel["teacher_ce"] - kl["teacher_ce"]) > 1e-3     # the release's term differs
+    logp = s - np.log(np.exp(s).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, ids[..., None], -1)[..., 0]
+    assert kl["mlm_loss"] == pytest.approx((w * ce).sum() / (w.sum() + 1e-8))
+
+
+def test_loss_scaler_skips_halves_and_grows_by_an_integer_window():
+    s = core.LossScaler(8.0, window=2)
+    s.update(False)
+    assert (s.scale, s.skipped) == (4.0, 1)
+    s.update(True)
+    s.update(True)
+    assert s.scale == 8.0 and isinstance(s.window, int)     # P7
+    off = core.LossScaler(8.0, enabled=False)
+    off.update(False)
+    assert off.scale == 1.0 and off.skipped == 0
+
+
+def test_checkpoints_are_complete_only_with_their_marker(tmp_path):
+    params = core.initial_params(get_config("bort_tiny"), 0)
+    states = {"mean:" + k: np.zeros_like(v) for k, v in params.items()}
+    core.save_checkpoint(str(tmp_path), 4, params, states, {"step": 4, "loss_scaler": {}})
+    core.save_checkpoint(str(tmp_path), 8, params, states, {"step": 8})
+    os.remove(core.checkpoint_paths(str(tmp_path), 8)["meta"])
+    assert core.complete_steps(str(tmp_path)) == [4]
+    assert core.resolve_start(str(tmp_path), "latest") == 4
+    loaded, st, meta = core.load_checkpoint(str(tmp_path), 4)
+    assert meta["step"] == 4 and set(loaded) == set(params)
+    np.testing.assert_array_equal(loaded["word_embed.0.weight"], params["word_embed.0.weight"])
+    # the params file is a canonical checkpoint any framework loads
+    ckpt.validate_params(loaded, get_config("bort_tiny"))
+    with pytest.raises(FileNotFoundError, match="--start-step 8: no complete checkpoint"):
+        core.resolve_start(str(tmp_path), 8)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        core.resolve_start(str(tmp_path / "empty"), "latest")
+
+
+def test_non_writable_checkpoint_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="not writable"):
+        core.check_writable(str(blocker / "ckpt"))
+
+
+def test_models_are_checked_before_training(tmp_path, shards):
+    with pytest.raises(ValueError, match="unknown config"):
+        core.resolve_models(core.PretrainOptions(student="no_such_config"))
+    teacher = str(tmp_path / "teacher.params")
+    ckpt.save_params(teacher, core.initial_params(get_config("roberta_tiny"), 1))
+    student = core.PretrainOptions(student="bort_4_8_768_1024", teacher=teacher,
+                                   teacher_config="roberta_tiny")
+    with pytest.raises(ValueError, match="4096-entry vocabulary"):
+        core.resolve_models(student)
+    with pytest.raises(FileNotFoundError, match="teacher checkpoint"):
+        core.resolve_models(core.PretrainOptions(student="bort_tiny", teacher=teacher + "x"))
+    s, params, t, tp = core.resolve_models(core.PretrainOptions(
+        student="bort_tiny", teacher=teacher, teacher_config="roberta_tiny", dropout=0.0))
+    assert s.dropout == 0 and t.name == "roberta_tiny" and set(tp) >= {"decoder.0.weight"}
+    with pytest.raises(ValueError, match="--data"):
+        core.make_streams(core.PretrainOptions(), DEMO_VOCAB_SIZE)
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="--kd-loss"):
+        core.PretrainOptions(kd_loss="mse")
+    with pytest.raises(ValueError, match="--accumulate"):
+        core.PretrainOptions(accumulate=0)
+    with pytest.raises(ValueError, match="--dtype"):
+        core.PretrainOptions(dtype="int8")
+
+
+def test_event_log_writes_jsonl_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboardX")
+    log = core.EventLog(str(tmp_path))
+    log.write("train", 3, {"mlm_loss": 1.5, "lr": 1e-4})
+    log.close()
+    rows = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert rows == [{"mlm_loss": 1.5, "lr": 1e-4, "phase": "train", "step": 3}]
+    events = os.listdir(tmp_path / "tensorboard")
+    assert events and events[0].startswith("events.out.tfevents")

@@ -1,0 +1,139 @@
+"""bort_torch.pretrain: loss terms vs the numpy oracle, BERTAdam, exact resume (also after
+kill -9), precision modes, NaN stop."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+from bort_core import checkpoint as ckpt  # noqa: E402
+from bort_core import pretrain as core  # noqa: E402
+from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
+from bort_torch import pretrain as tp  # noqa: E402
+
+
+@pytest.fixture
+def shards(tmp_path):
+    for k in range(2):
+        core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 40, DEMO_VOCAB_SIZE,
+                                   seed=k)
+    return str(tmp_path / "part-*.npz")
+
+
+@pytest.fixture
+def teacher(tmp_path):
+    path = str(tmp_path / "teacher.params")
+    ckpt.save_params(path, core.initial_params(get_config("roberta_tiny"), 7))
+    return path
+
+
+def _options(shards, teacher, ckpt_dir, **kw):
+    base = dict(student="bort_tiny", teacher=teacher, teacher_config="roberta_tiny", data=shards,
+                ckpt_dir=ckpt_dir, num_steps=6, warmup_ratio=0.3, lr=1e-3, tokens_per_batch=160,
+                num_buckets=3, ckpt_interval=3, log_interval=3, progress=False, seed=5)
+    base.update(kw)
+    return core.PretrainOptions(**base)
+
+
+@pytest.mark.parametrize("kd_loss", core.KD_LOSSES)
+def test_distillation_terms_match_the_oracle(kd_loss):
+    rng = np.random.RandomState(0)
+    s, t = rng.normal(size=(2, 3, 17)), rng.normal(size=(2, 3, 17))
+    ids, w = rng.randint(0, 17, (2, 3)), np.array([[1, 1, 0], [1, 1, 1]], np.float32)
+    n = float(w.sum()) + 1e-8
+    got = tp.distillation_terms(torch.tensor(s), torch.tensor(t), torch.tensor(ids),
+                                torch.tensor(w, dtype=torch.float64), n, 2.0, kd_loss)
+    want = core.reference_losses(s.astype(np.float32), ids, w, t.astype(np.float32), 2.0, kd_loss)
+    for key, value in want.items():
+        assert float(got[key]) == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_bertadam_is_adam_without_bias_correction_and_decoupled_decay():
+    w0, g = np.array([1.0, -2.0]), np.array([0.5, 0.25])
+    p = torch.nn.Parameter(torch.tensor(w0))
+    opt = tp.BERTAdam([p], lr=0.1, eps=1e-6, weight_decay=0.01)
+    p.grad = torch.tensor(g)
+    opt.step()
+    m, v = 0.1 * g, 0.001 * g * g
+    np.testing.assert_allclose(p.detach().numpy(), w0 - 0.1 * (m / (np.sqrt(v) + 1e-6) + 0.01 * w0))
+
+
+def _train(options):
+    return tp.pretrain(options), ckpt.load_params(core.checkpoint_paths(
+        options.ckpt_dir, options.num_steps)["params"])
+
+
+def test_resume_is_exact_with_dropout_on(shards, teacher, tmp_path):
+    straight_rows, straight = _train(_options(shards, teacher, str(tmp_path / "a")))
+    _train(_options(shards, teacher, str(tmp_path / "b"), num_steps=6))
+    os.remove(core.checkpoint_paths(str(tmp_path / "b"), 6)["meta"])   # forget the end
+    rows, resumed = _train(_options(shards, teacher, str(tmp_path / "b"), start_step="latest"))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows[3:]]
+    for name, value in straight.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+    assert straight_rows[-1]["loss"] < straight_rows[0]["loss"] * 1.5   # finite, trains
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_path):
+    args = ["--framework", "torch", "--student", "bort_tiny", "--teacher", teacher,
+            "--teacher-config", "roberta_tiny", "--data", shards, "--num-steps", "40",
+            "--tokens-per-batch", "160", "--ckpt-interval", "2", "--log-interval", "10",
+            "--lr", "1e-3", "--seed", "1", "--quiet", "--no-tensorboard"]
+    run = lambda d, *extra: [sys.executable, "-m", "bort_core.cli", "pretrain", *args,
+                             "--ckpt-dir", d, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = subprocess.run(run(str(tmp_path / "ref")), env=env, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    victim = str(tmp_path / "victim")
+    proc = subprocess.Popen(run(victim), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not [s for s in core.complete_steps(victim) if s >= 4]:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = core.complete_steps(victim)
+    assert done and done[-1] < 40, "the run was not interrupted"
+    again = subprocess.run(run(victim, "--start-step", "latest"), env=env, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr
+    a = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "ref"), 40)["params"])
+    b = ckpt.load_params(core.checkpoint_paths(victim, 40)["params"])
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_teacherless_mlm_and_bfloat16(shards, tmp_path):
+    rows = tp.pretrain(_options(shards, None, str(tmp_path / "c"), dtype="bfloat16",
+                                num_steps=3))
+    assert all(np.isfinite(r["loss"]) and "teacher_ce" not in r for r in rows)
+    assert rows[0]["loss"] == pytest.approx(rows[0]["mlm_loss"])
+
+
+def test_float16_overflow_skips_and_counts(shards, teacher, tmp_path):
+    o = _options(shards, teacher, str(tmp_path / "d"), dtype="float16", num_steps=3,
+                 loss_scale=2.0 ** 200)
+    rows = tp.pretrain(o)
+    assert rows[0]["skipped"] >= 1 and rows[-1]["loss_scale"] < 2.0 ** 200
+    start = core.initial_params(get_config("bort_tiny"), o.seed)
+    end = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, 3)["params"])
+    if rows[-1]["skipped"] == 3:     # every step skipped: the weights must not have moved
+        np.testing.assert_array_equal(end["encoder.position_weight"],
+                                      start["encoder.position_weight"])
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, teacher, tmp_path):
+    o = _options(shards, teacher, str(tmp_path / "e"), lr=1e30, clip_norm=0.0, ckpt_interval=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite.*last good checkpoint") as err:
+        tp.pretrain(o)
+    bad = int(str(err.value).split(":")[0].split()[1])
+    steps = core.complete_steps(o.ckpt_dir)
+    assert bad > 1 and steps[-1] == bad - 1
+    params = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, steps[-1])["params"])
+    assert all(np.isfinite(v).all() for v in params.values())
