@@ -24,7 +24,13 @@ from bort_core.convert import canonical_name
 
 class MultiHeadSelfAttention(nn.Module):
     """Separate q/k/v projections with bias, query scaled by 1/sqrt(head_dim), keys at or
-    beyond valid_length masked out, dropout on the attention weights."""
+    beyond valid_length masked out, dropout on the attention weights.
+
+    With `fused` (the default) the three projections run as one GEMM on their concatenated
+    weights and the attention as `F.scaled_dot_product_attention` with the padding mask; the
+    parameters stay the three canonical ones. Without grad the concatenation is cached and
+    rebuilt whenever a projection's weights change; with grad it is rebuilt each call.
+    """
 
     def __init__(self, units: int, num_heads: int, dropout: float):
         super().__init__()
@@ -32,9 +38,34 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj_query = nn.Linear(units, units)
         self.proj_key = nn.Linear(units, units)
         self.proj_value = nn.Linear(units, units)
+        self.fused = True
+        self._qkv_cache = None
+
+    def _projections(self):
+        return (self.proj_query.weight, self.proj_key.weight, self.proj_value.weight,
+                self.proj_query.bias, self.proj_key.bias, self.proj_value.bias)
+
+    def fused_qkv(self):
+        """(weight (3U, U), bias (3U,)): query, key and value projections stacked."""
+        tensors = self._projections()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return torch.cat(tensors[:3]), torch.cat(tensors[3:])
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if self._qkv_cache is None or self._qkv_cache[0] != key:
+            with torch.no_grad():
+                self._qkv_cache = (key, torch.cat(tensors[:3]), torch.cat(tensors[3:]))
+        return self._qkv_cache[1], self._qkv_cache[2]
 
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
         b, length, units = x.shape
+        if self.fused and not torch.jit.is_scripting():
+            weight, bias = self.fused_qkv()
+            q, k, v = F.linear(x, weight, bias).view(b, length, 3, self.num_heads, -1).permute(
+                2, 0, 3, 1, 4).unbind(0)
+            mask = None if key_mask is None else key_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.dropout if self.training else 0.0)
+            return out.transpose(1, 2).reshape(b, length, units)
         heads = lambda t: t.view(b, length, self.num_heads, -1).transpose(1, 2)
         q = heads(self.proj_query(x)) * (1.0 / math.sqrt(units // self.num_heads))
         k, v = heads(self.proj_key(x)), heads(self.proj_value(x))
@@ -225,6 +256,15 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
     if params is not None:
         set_params(model, params, checkpoint)
     return model.to(device) if device is not None else model
+
+
+def set_fast_attention(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch every attention cell between the fused path (one QKV GEMM + SDPA, the default)
+    and the plain one (three projections, explicit softmax); parameters are untouched."""
+    for sub in module.modules():
+        if isinstance(sub, MultiHeadSelfAttention):
+            sub.fused = enabled
+    return module
 
 
 def save_checkpoint(module: nn.Module, path: str, tied_twice: bool = True) -> None:

@@ -1,5 +1,5 @@
-"""python -m parity {checkpoint, inputs, dump, compare, grads}: does bort_gluon compute what
-bort_torch does?
+"""python -m parity {checkpoint, inputs, dump, compare, grads, throughput}: does bort_gluon
+compute what bort_torch does, and how fast?
 
   python -m parity checkpoint --config bort_4_8_768_1024 --out bort.params   # non-trivial weights
   python -m parity inputs --out in.npz --config bort_4_8_768_1024
@@ -8,6 +8,7 @@ bort_torch does?
   python -m parity dump --framework torch ... --out torch.npz
   python -m parity compare gluon.npz torch.npz [--json report.json]
   python -m parity grads --config bort_4_8_768_1024
+  python -m parity throughput --frameworks torch,gluon,hf --batch 8 --seq 128 --json tp.json
 
 `compare` and `grads` exit 1 when a tap or a gradient is beyond tolerance.
 """
@@ -135,6 +136,32 @@ def cmd_grads(args):
     return 0 if ok else 1
 
 
+def cmd_throughput(args):
+    import os
+
+    from parity import throughput as tp
+
+    records = tp.run(args)
+    table = tp.format_table(records)
+    print(table)
+    configs = sorted({r["config"] for r in records if r.get("config")})
+    base = args.ratio_base if args.ratio_base in configs else None
+    if base and len(configs) > 1:
+        table += "\n\nspeed ratio (%s tokens/s over each other config)\n\n%s" % (
+            base, tp.ratio_table(records, base))
+        print(table.split("\n\n", 1)[1])
+    if args.json:
+        tp.write_atomic(args.json, json.dumps(records, indent=2))
+    stem = os.path.splitext(args.json)[0] if args.json else None
+    if stem:
+        tp.write_atomic(stem + ".md", table + "\n")
+        if tp.plot(records, stem + ".png"):
+            print("wrote %s, %s.md, %s.png" % (args.json, stem, stem))
+        else:
+            print("wrote %s, %s.md (no chart: matplotlib is not installed)" % (args.json, stem))
+    return 0 if any(not r.get("error") for r in records) else 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,6 +211,45 @@ def build_parser():
     p.add_argument("--show", type=int, default=10, help="rows of the table to print")
     p.add_argument("--json")
     p.set_defaults(run=cmd_grads)
+
+    p = sub.add_parser("throughput", help="tokens/s, latency, memory and MFU of each framework "
+                       "on the same weights and inputs, one process per framework")
+    p.add_argument("--frameworks", default="torch,gluon",
+                   help="comma list from: torch, torch-plain, gluon, gluonnlp, hf, onnx "
+                   "(default torch,gluon); one missing or failing is reported, the rest measured")
+    p.add_argument("--config", default="bort_4_8_768_1024",
+                   help="config name(s), comma-separated (e.g. bort_4_8_768_1024,bert_12_768_12,"
+                   "bert_24_1024_16 for the speed-ratio table)")
+    p.add_argument("--checkpoint", help=".params weights (one config only; default: random "
+                   "non-trivial weights written to --workdir)")
+    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+    p.add_argument("--preset", help="workload list instead of --batch/--seq: gluonnlp-inference "
+                   "or gluonnlp-train (GluonNLP's benchmark pairs)")
+    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (torch: "
+                   "autocast; gluon: MXNet AMP)")
+    p.add_argument("--mode", default="inference", help="inference (backbone forward) or train "
+                   "(forward + backward of the MLM loss)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="threads per framework, set the same for all "
+                   "(OMP/MKL env + torch/ORT settings; default: all cores)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the torch model(s) "
+                   "(inference: inductor freezing)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per workload (default 3)")
+    p.add_argument("--iters", type=int, default=5, help="timed steps per round (default 5)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for the MFU column "
+                   "(with neither this nor --measure-peak the MFU column is left out)")
+    p.add_argument("--measure-peak", action="store_true", help="measure the peak as a dense "
+                   "GEMM in --dtype in the first torch/hf worker")
+    p.add_argument("--check-error", action="store_true", help="torch low precision: also report "
+                   "the MLM-logit error vs float32 on the same batch")
+    p.add_argument("--ratio-base", default="bort_4_8_768_1024",
+                   help="config the speed-ratio table divides by (with several --config)")
+    p.add_argument("--seed", type=int, default=0, help="weights and inputs seed")
+    p.add_argument("--workdir", help="where the checkpoint and exports go (default: a temp dir)")
+    p.add_argument("--json", help="write the records here, plus a .md table and a .png chart")
+    p.set_defaults(run=cmd_throughput)
     return parser
 
 
