@@ -121,7 +121,8 @@ class InstanceMaker:
         starts = np.zeros(len(tokenizer), dtype=bool)
         starts[[i for i, t in enumerate(tokenizer.idx_to_token) if t.startswith(WORD_START)]] = True
         self._word_start = starts
-        self._random_ids = [i for i in range(len(tokenizer)) if i not in tokenizer.special_ids]
+        special = set(tokenizer.special_ids)
+        self._random_ids = [i for i in range(len(tokenizer)) if i not in special]
 
     def tokenize(self, documents: Sequence[Sequence[str]]) -> List[List[List[int]]]:
         """Coded tokens per sentence per document: `id << 1 | starts_word`, where a word starts at

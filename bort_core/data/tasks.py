@@ -60,7 +60,8 @@ class Task:
     url: str
     columns: Dict[str, Tuple] = dataclasses.field(default_factory=dict)  # TSV layouts
     aliases: Tuple[str, ...] = ()
-    train_task: Optional[str] = None            # diagnostics: the task whose model predicts them
+    train_task: Optional[str] = None            # diagnostics: the task whose model predicts
+                                                # them (class_labels in that task's order)
 
     @property
     def splits(self) -> Tuple[str, ...]:
@@ -102,7 +103,7 @@ def read_tsv(task: Task, split: str, path: str) -> SplitData:
     examples, skipped = [], 0
     needed = max(text_cols + tuple(c for c in (label_col, idx_col) if c is not None)) + 1
     for lineno, fields in _tsv_rows(path, header):
-        if len(fields) < needed or any(fields[c] == "" for c in text_cols):
+        if len(fields) < needed:
             if task.name == "qqp":          # QQP ships rows with missing fields: skip, count
                 skipped += 1
                 continue
@@ -344,8 +345,8 @@ TASKS: Dict[str, Task] = {t.name: t for t in (
     _glue("qnli", "QNLI", _NLI2, ("accuracy",), _cols((1, 2), 3), "QNLI"),
     _glue("rte", "RTE", _NLI2, ("accuracy",), _cols((1, 2), 3), "RTE"),
     _glue("wnli", "WNLI", _BINARY, ("accuracy",), _cols((1, 2), 3), "WNLI"),
-    Task("ax", "GLUE", "diagnostic", {"test": "diagnostic.tsv"}, ("entailment", "neutral",
-         "contradiction"), True, ("mcc",), read_tsv, "AX", GLUE_URL,
+    Task("ax", "GLUE", "diagnostic", {"test": "diagnostic.tsv"}, _NLI3, True, ("mcc",), read_tsv,
+         "AX", GLUE_URL,
          {"test": (True, (1, 2), None, 0)}, train_task="mnli"),
     _sg("boolq", "BoolQ", _BOOL, ("accuracy",), "BoolQ"),
     _sg("cb", "CB", _NLI3, ("accuracy", "macro_f1"), "CB"),

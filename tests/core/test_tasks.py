@@ -187,10 +187,13 @@ def test_race_one_four_way_example_per_question_files_sorted():
 
 
 def test_diagnostics_are_test_only_and_name_their_training_task():
-    assert T.get_task("ax").splits == ("test",) and T.get_task("ax").train_task == "mnli"
+    ax = T.get_task("ax")
+    assert ax.splits == ("test",) and ax.train_task == "mnli"
+    assert ax.class_labels == T.get_task("mnli").class_labels   # MNLI model's class indices
     axg = read("ax-g", "test").examples
     assert [e.group for e in axg] == [551646, 551646, 551647, 551647]
     assert T.get_task("ax-b").train_task == "superglue-rte"
+    assert T.get_task("ax-g").class_labels == T.get_task("superglue-rte").class_labels
 
 
 def test_missing_file_names_path_and_download_page(tmp_path):

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+from unittest import mock
 
 import pytest
 
@@ -48,19 +49,15 @@ def _corpus_lines(n=300):
     return lines[:: max(1, len(lines) // n)]
 
 
-@pytest.fixture(scope="module")
-def gluon_pair(tmp_path_factory, request):
-    """GluonNLP's GPT2BPETokenizer reading our merges.txt, and its Vocab built from dict.txt."""
-    root = tmp_path_factory.mktemp("gluon_bpe")
-    # GPT2BPETokenizer reads its BPE ranks from root/<fixed name> and checks a sha1 of the GPT-2
+def gluon_bpe(root):
+    """GluonNLP's GPT2BPETokenizer reading the demo merges.txt, and the Vocab built from the demo
+    vocab.json + dict.txt the way GluonNLP converted RoBERTa's fairseq dictionary."""
+    # GPT2BPETokenizer reads its BPE ranks from root/<fixed name> and checks the sha1 of the GPT-2
     # file; point it at the demo merges by copying them under that name and accepting the hash.
     name = nlp.data.transforms.GPT2BPETokenizer.bpe_ranks_file_hash[0]
-    shutil.copy(os.path.join(DEMO, "merges.txt"), str(root / name))
-    patch = pytest.MonkeyPatch()
-    patch.setattr(nlp.data.transforms, "check_sha1", lambda *a, **k: True)
-    request.addfinalizer(patch.undo)
-    gluon_tok = nlp.data.GPT2BPETokenizer(root=str(root))
-
+    shutil.copy(os.path.join(DEMO, "merges.txt"), os.path.join(root, name))
+    with mock.patch.object(nlp.data.transforms, "check_sha1", lambda *a, **k: True):
+        gluon_tok = nlp.data.GPT2BPETokenizer(root=root)
     with open(os.path.join(DEMO, "vocab.json"), encoding="utf-8") as f:
         encoder = json.load(f)
     gpt2_tokens = {i: t for t, i in encoder.items()}
@@ -73,7 +70,13 @@ def gluon_pair(tmp_path_factory, request):
                       padding_token="<pad>", bos_token="<s>", eos_token="</s>",
                       mask_token="<mask>")
     assert vocab.idx_to_token == idx_to_token
-    return gluon_tok, vocab, root
+    return gluon_tok, vocab
+
+
+@pytest.fixture(scope="module")
+def gluon_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gluon_bpe")
+    return gluon_bpe(str(root)) + (root,)
 
 
 @pytest.fixture(scope="module")
