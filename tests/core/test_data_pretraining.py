@@ -1,14 +1,17 @@
 """create-pretraining-data: the 2020 format without release bugs B1-B4, determinism, statistics."""
 import filecmp
+import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
 
+from bort_core import cli
 from bort_core.data import pretraining as pt
 from bort_core.data.demo import CORPUS_PATH
-from bort_core.tokenizer import load_tokenizer
+from bort_core.tokenizer import DEMO_DIR, load_tokenizer
 
 DTYPES = {"input_ids": np.int32, "segment_ids": np.int32, "masked_lm_positions": np.int32,
           "masked_lm_ids": np.int32, "masked_lm_weights": np.float32}
@@ -209,3 +212,20 @@ def test_bad_arguments_are_reported(tok, tmp_path):
                                    progress=False)
     with pytest.raises(ValueError, match="masked_lm_prob"):
         pt.PretrainingOptions(masked_lm_prob=1.5)
+
+
+def test_cli_writes_shards_with_a_vocabulary_given_by_path(corpus, tmp_path, capsys):
+    vocab = tmp_path / "gpt2"             # the real release's file names
+    vocab.mkdir()
+    for src, dst in (("vocab.json", "encoder.json"), ("merges.txt", "vocab.bpe"),
+                     ("dict.txt", "dict.txt")):
+        shutil.copy(os.path.join(DEMO_DIR, src), str(vocab / dst))
+    argv = ["create-pretraining-data", "--input", corpus[0], "--output-dir", str(tmp_path / "o"),
+            "--vocab", str(vocab), "--max-seq-length", "64", "--max-predictions-per-seq", "10",
+            "--num-outputs", "3", "--num-workers", "2", "--dupe-factor", "2", "--quiet"]
+    assert cli.main(argv) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert sorted(os.listdir(str(tmp_path / "o"))) == ["part-000.npz", "part-001.npz",
+                                                       "part-002.npz"]
+    sizes = [len(np.load(f, allow_pickle=True)["valid_lengths"]) for f in stats["files"]]
+    assert sum(sizes) == stats["instances"] and max(sizes) - min(sizes) <= 1

@@ -118,3 +118,13 @@ def test_missing_files_are_named(tmp_path):
 def test_ids_outside_vocabulary_are_rejected(tok):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode([5, len(tok)])
+
+
+def test_fairseq_placeholder_symbols_are_kept(tok, tmp_path):
+    d = _copy_demo(tmp_path)
+    with open(str(d / "dict.txt"), "a") as f:      # as in RoBERTa's dict.txt
+        f.write("madeupword0000 0\nmadeupword0001 0\n")
+    other = bt.load_tokenizer(str(d))
+    assert len(other) == len(tok) + 2
+    assert other.idx_to_token[-3:] == ["madeupword0000", "madeupword0001", "<mask>"]
+    assert other.encode("the madeupword0000") == tok.encode("the madeupword0000")
