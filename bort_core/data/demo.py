@@ -26,7 +26,7 @@ import sysconfig
 from collections import Counter
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-from bort_core.tokenizer import DEMO_DIR, MASK_TOKEN, SPECIAL_TOKENS, bytes_to_unicode
+from bort_core.tokenizer import DEMO_DIR, SPECIAL_TOKENS, bytes_to_unicode
 
 CORPUS_PATH = os.path.join(DEMO_DIR, "corpus.txt")
 TASKS_DIR = os.path.join(DEMO_DIR, "tasks")
@@ -192,7 +192,7 @@ def write_vocabulary(documents: Sequence[Sequence[str]], vocab_size: int, out_di
         f.write("#version: 0.2\n" + "".join("%s %s\n" % m for m in merges))
     with open(os.path.join(out_dir, "dict.txt"), "w", encoding="utf-8", newline="\n") as f:
         f.write("".join("%d %d\n" % (i, freq[i]) for i in order))
-    assert len(SPECIAL_TOKENS) + len(order) + len([MASK_TOKEN]) == vocab_size
+    assert len(SPECIAL_TOKENS) + len(order) + 1 == vocab_size     # + <mask>
 
 
 # ------------------------------------------------------------------------------------ demo tasks
