@@ -454,3 +454,13 @@ def featurize(examples: Sequence[Example], task: Task, tokenizer, max_len: int =
     return out
 
 
+
+
+def load_features(task_name: str, split: str, data_dir: Optional[str] = None, tokenizer=None,
+                  max_len: int = 512):
+    """(examples, features) of one split: `read_split` then `featurize` (demo vocabulary when no
+    tokenizer is given) -- what a fine-tuning loop needs, in one call."""
+    from bort_core.tokenizer import load_tokenizer
+    task = get_task(task_name)
+    data = read_split(task, split, data_dir)
+    return data.examples, featurize(data.examples, task, tokenizer or load_tokenizer(), max_len)

@@ -233,6 +233,12 @@ def test_malformed_rows_name_file_and_line(tmp_path):
         T.read_split(T.get_task("boolq"), "train", str(tmp_path))
 
 
+def test_load_features_in_one_call(tok):
+    examples, feats = T.load_features("demo-pair", "dev", tokenizer=tok, max_len=32)
+    assert len(examples) == len(feats["input_ids"]) == 400
+    assert feats["label"].tolist() == [int(e.label) for e in examples]
+
+
 def test_demo_tasks_read_from_the_embedded_copy(tok):
     for name, head in (("demo-pair", 2), ("demo-single", 1), ("demo-regression", 2)):
         task = T.get_task(name)
