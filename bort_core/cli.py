@@ -19,6 +19,8 @@ COMMANDS = {
     "export-onnx": "bort_core.commands.export_onnx",
     "pretrain": "bort_core.commands.pretrain",
     "extract": "bort_core.commands.extract",
+    "finetune": "bort_core.commands.finetune",
+    "agora": "bort_core.commands.finetune",
 }
 
 FRAMEWORKS = ("gluon", "torch")

@@ -1,0 +1,168 @@
+"""`bort finetune` (the release's fine-tuning loop) and `bort agora` (Agora over a grid).
+
+Both are written once in bort_core (`bort_core.finetune`, `bort_core.agora`) and reach the
+framework only through `bort_core.backend.get_backend(--framework)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from bort_core.agora import GENERATORS, AgoraOptions
+from bort_core.finetune import CLASSIFIER_INITS, DTYPES, FinetuneOptions, str2bool
+
+
+def _common(p, d: FinetuneOptions):
+    a = p.add_argument
+    a("--framework", required=True, choices=("gluon", "torch"), help="the engine")
+    a("--task", required=True, help="task name: cola, sst-2, mrpc, sts-b, qqp, mnli, qnli, rte, "
+      "wnli, ax, boolq, cb, copa, multirc, record, superglue-rte, wic, wsc, ax-b, ax-g, race-h, "
+      "race-m, demo-pair, demo-single, demo-regression (case-insensitive)")
+    a("--data-dir", help="root of the official data layout (GLUE/SuperGLUE/RACE task "
+      "directories); default for demo tasks: the embedded copies")
+    a("--config", default=d.config, help="model config: registry name, bort_D_A_I_H or JSON "
+      "(default %(default)s)")
+    a("--checkpoint", help="pretrained backbone (.params); without it the model is randomly "
+      "initialised (with a warning)")
+    a("--vocab", help="tokenizer files (directory or vocab.json; default: the embedded demo "
+      "vocabulary, which fits the demo-sized configs only)")
+    a("--output-dir", default=d.output_dir, help="models, test files and logs (default "
+      "%(default)s)")
+    a("--overwrite", action="store_true", help="allow a non-empty --output-dir")
+    a("--epochs", type=int, default=d.epochs, help="training epochs (default %(default)s)")
+    a("--ramp-up-epochs", type=float, help="schedule horizon in epochs (default: --epochs)")
+    a("--training-steps", type=int, help="stop after this many updates (ends the schedule)")
+    a("--batch-size", type=int, default=d.batch_size, help="training batch (default %(default)s)")
+    a("--dev-batch-size", type=int, default=d.dev_batch_size, help="evaluation batch (default "
+      "%(default)s)")
+    a("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
+    a("--weight-decay", type=float, default=d.weight_decay, help="BERTAdam decoupled weight decay, "
+      "not on LayerNorm/bias (default %(default)s)")
+    a("--warmup-ratio", type=float, default=d.warmup_ratio, help="share of the schedule spent "
+      "warming up from lr 0 (default %(default)s)")
+    a("--epsilon", type=float, default=d.epsilon, help="BERTAdam epsilon (default %(default)s)")
+    a("--clip-norm", type=float, default=d.clip_norm, help="global gradient-norm clip, 0 = off "
+      "(default %(default)s)")
+    a("--early-stop", type=int, default=d.early_stop, help="stop after this many epochs without "
+      "a better dev score (default %(default)s)")
+    a("--dropout", type=float, default=d.dropout, help="dropout of backbone and head (default "
+      "%(default)s)")
+    a("--classifier-init", choices=CLASSIFIER_INITS, default=d.classifier_init,
+      help="head initialisation (default %(default)s)")
+    a("--dtype", choices=DTYPES, default=d.dtype, help="float32, or float16 (torch: autocast + "
+      "loss scaling; clipping on unscaled gradients)")
+    a("--seed", type=int, default=d.seed, help="batch order, head initialisation and dropout "
+      "seed (default %(default)s)")
+    a("--max-len", type=int, default=d.max_len, help="maximum tokens per example, capped at the "
+      "config's max_length (default %(default)s)")
+    a("--num-buckets", type=int, default=d.num_buckets, help="length buckets of the training "
+      "sampler (default %(default)s)")
+    a("--quiet", action="store_true", help="no per-epoch lines")
+
+
+def register(sub):
+    """Add `finetune` and `agora`; cli.COMMANDS lists this module under both names, so a second
+    call is a no-op."""
+    if "agora" in sub.choices:
+        return
+    d = FinetuneOptions()
+    p = sub.add_parser("finetune", help="fine-tune on a GLUE/SuperGLUE/RACE/demo task",
+                       description="The release's fine-tuning loop: BERTAdam, warm-up + linear "
+                       "decay, clip 1, per-epoch dev evaluation with the task's metrics, best "
+                       "epoch, early stopping, and the leaderboard file of each test split.")
+    _common(p, d)
+    p.add_argument("--model-parameters", help="a fine-tuned classifier (.params) to start from "
+                   "(with --only-inference: to evaluate)")
+    p.add_argument("--only-inference", nargs="?", const=True, default=False, type=str2bool,
+                   help="no training: score dev and write the test files with "
+                   "--model-parameters (accepts true/false)")
+    p.set_defaults(run=run_finetune)
+
+    d = FinetuneOptions(epochs=3)
+    g = sub.add_parser("agora", help="Agora: fine-tune over a grid, grow train near dev mistakes",
+                       description="Agora (arXiv 2010.07990): fine-tune one student per "
+                       "hyper-parameter set, generate points near the best model's dev mistakes, "
+                       "label them with the reference model, append them to train, prune the "
+                       "weakest sets, repeat. Writes agora_log.json/.md, the best model and the "
+                       "test files.")
+    _common(g, d)
+    a, o = g.add_argument, AgoraOptions
+    a("--reference-checkpoint", required=True, help="the reference model: a classifier already "
+      "fine-tuned on the task (.params), same vocabulary")
+    a("--reference-config", help="the reference's config (default: --config)")
+    a("--grid", default=o.grid, help="'release' (the suggested 480-set grid: seeds 0-4, lr "
+      "{1e-4,1e-5,9e-6}, wd {0,10,100,350}, warmup {.35,.40,.45,.50}, batch {8,16}) or a JSON "
+      "file: an object of lists (product) or a list of objects; keys seed, lr, weight_decay, "
+      "warmup_ratio, batch_size, epochs")
+    a("--generator", default=o.generator, help="data-generating functions, comma-separated, "
+      "used in turn: %s (default %%(default)s)" % ", ".join(GENERATORS))
+    a("--points-per-mistake", type=int, default=o.points_per_mistake, help="new points per dev "
+      "mistake per round (default %(default)s)")
+    a("--mask-prob", type=float, default=o.mask_prob, help="mlm: share of tokens resampled "
+      "(default %(default)s)")
+    a("--drop-prob", type=float, default=o.drop_prob, help="dropout: token deletion "
+      "probability (default %(default)s)")
+    a("--swap-prob", type=float, default=o.swap_prob, help="swap: adjacent-swap probability "
+      "(default %(default)s)")
+    a("--keep", type=float, default=o.keep, help="share of sets kept after each round "
+      "(default %(default)s)")
+    a("--replays", type=int, default=o.replays, help="extra runs of each round before pruning "
+      "(default %(default)s)")
+    a("--max-rounds", type=int, help="stop after this many rounds")
+    a("--regression-tolerance", type=float, help="regression: absolute error counted as a "
+      "mistake (default: half the dev scores' standard deviation)")
+    g.set_defaults(run=run_agora)
+
+
+def finetune_options(args) -> FinetuneOptions:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneOptions)
+              if getattr(args, f.name, None) is not None}
+    return FinetuneOptions(**values)
+
+
+def run_finetune(args):
+    from bort_core.backend import get_backend
+    from bort_core.finetune import run_finetune as run
+
+    result = run(get_backend(args.framework), finetune_options(args), progress=not args.quiet)
+    for split, metrics in result["dev"].items():
+        print("dev %s: %s" % (split, _fmt(metrics)))
+    for split, info in result["test"].items():
+        print("test %s: %s%s" % (split, info["file"], (" " + _fmt(info["metrics"]))
+                                 if info["metrics"] else ""))
+    print("model: %s" % result["model"])
+    return 0
+
+
+def run_agora(args):
+    from bort_core.agora import run_agora as run
+    from bort_core.backend import get_backend
+    from bort_core.cli import load_framework
+    from bort_core.finetune import resolve_config
+
+    base = finetune_options(args)
+    options = AgoraOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AgoraOptions)
+                              if getattr(args, f.name, None) is not None})
+    backend = get_backend(args.framework)
+    mlm_logits = None
+    if "mlm" in options.generator:
+        if base.checkpoint is None:
+            raise ValueError("--generator mlm needs --checkpoint (the pretrained MLM head); or "
+                             "choose --generator dropout,swap")
+        fw = load_framework(args.framework, "finetune")
+        config = resolve_config(base.config, base.checkpoint, 0.0)
+        mlm_model = backend.load(config, base.checkpoint)
+        mlm_logits = lambda batches: fw.predict_mlm(mlm_model, batches)  # noqa: E731
+    result = run(backend, base, options, mlm_logits, progress=not args.quiet)
+    print("agora: %d rounds, %d fine-tuning runs, %.1fs; best dev %.4f (round %s, set %s)"
+          % (result["rounds"], result["runs"], result["seconds"], result["best"]["score"],
+             result["best"].get("round"), result["best"].get("set")))
+    for split, metrics in result["dev"].items():
+        print("dev %s: %s" % (split, _fmt(metrics)))
+    for split, info in result["test"].items():
+        print("test %s: %s" % (split, info["file"]))
+    print("log: %s/agora_log.md" % base.output_dir)
+    return 0
+
+
+def _fmt(metrics):
+    return " ".join("%s=%.4f" % kv for kv in metrics.items())

@@ -1,0 +1,434 @@
+"""Task fine-tuning, written once over the Backend protocol (bort_core.backend).
+
+The release's loop (../shared/reference/original-code.md, "Fine-tuning"), with its bugs fixed:
+- schedule: warm-up from step 0 (the first update has lr 0), then linear decay floored at 1e-7,
+  over `total_steps` (`learning_rate`);
+- epochs of bucketed, shuffled batches (`train_batches`), dev evaluation with the task's metrics
+  after each epoch over the whole split (FIX F1), best epoch chosen on the mean of the selecting
+  metric over every dev segment (FIX F2: the release looked at the last segment only), early
+  stopping after `early_stop` epochs without improvement, best-epoch reload, leaderboard files
+  for every test segment;
+- FIX F3: the schedule's horizon is `ramp_up_epochs` (default: all epochs) and `training_steps`
+  really stops training;
+- diagnostics (AX, AX-b, AX-g) train on their `train_task` and predict the diagnostic set
+  (FIX D5: the release raised); labelled diagnostics are scored too (AX-g gender parity).
+
+Framework code receives numpy batches (`input_ids` (B, L) int32 padded with the pad id,
+`valid_length` (B,) int32, `labels` (B,) int64 or float32) and the `hparams` dict documented in
+`Hparams`, and keeps its optimizer state on the model between calls.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from bort_core import arch
+from bort_core import checkpoint as ckpt
+from bort_core.configs import BortConfig, get_config
+from bort_core.data.leaderboard import write_submission
+from bort_core.data.tasks import Example, Task, featurize, get_task, read_split
+from bort_core.metrics import evaluate
+
+LR_FLOOR = 1e-7
+CLASSIFIER_INITS = ("uniform", "gaussian", "orthogonal", "xavier")
+DTYPES = ("float32", "float16")
+
+
+# --------------------------------------------------------------------------------- options
+
+@dataclasses.dataclass
+class FinetuneOptions:
+    """One fine-tuning job; defaults are those of the release's run_finetune.sh."""
+    task: str = "demo-pair"
+    data_dir: Optional[str] = None
+    config: str = "bort_4_8_768_1024"
+    checkpoint: Optional[str] = None        # pretrained backbone (.params); None: random
+    model_parameters: Optional[str] = None  # a fine-tuned classifier (.params) to start from
+    vocab: Optional[str] = None             # tokenizer files; None: the embedded demo vocabulary
+    output_dir: str = "runs/finetune"
+    only_inference: bool = False
+    epochs: int = 1
+    ramp_up_epochs: Optional[float] = None   # schedule horizon in epochs; None: `epochs` (FIX F3)
+    training_steps: Optional[int] = None    # stop after this many steps (and end the schedule)
+    batch_size: int = 8
+    dev_batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 110.0
+    warmup_ratio: float = 0.45
+    epsilon: float = 1e-6
+    clip_norm: float = 1.0
+    early_stop: int = 200                   # patience in epochs
+    dropout: float = 0.1
+    classifier_init: str = "uniform"
+    dtype: str = "float32"
+    seed: int = 2
+    max_len: int = 512
+    num_buckets: int = 15
+    overwrite: bool = False
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "dev_batch_size", "max_len", "num_buckets"):
+            if getattr(self, name) < 1:
+                raise ValueError("--%s must be at least 1, got %r"
+                                 % (name.replace("_", "-"), getattr(self, name)))
+        if self.ramp_up_epochs is not None and self.ramp_up_epochs <= 0:
+            raise ValueError("--ramp-up-epochs must be positive, got %r" % self.ramp_up_epochs)
+        if self.training_steps is not None and self.training_steps < 1:
+            raise ValueError("--training-steps must be at least 1, got %r" % self.training_steps)
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError("--warmup-ratio must be in [0, 1], got %r" % self.warmup_ratio)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("--dropout must be in [0, 1), got %r" % self.dropout)
+        if self.lr < 0 or self.weight_decay < 0 or self.clip_norm < 0:
+            raise ValueError("--lr, --weight-decay and --clip-norm must be non-negative")
+        if self.classifier_init not in CLASSIFIER_INITS:
+            raise ValueError("--classifier-init must be one of %s, got %r"
+                             % (", ".join(CLASSIFIER_INITS), self.classifier_init))
+        if self.dtype not in DTYPES:
+            raise ValueError("--dtype must be one of %s, got %r" % (", ".join(DTYPES), self.dtype))
+        if self.max_len < 4:
+            raise ValueError("--max-len must be at least 4, got %r" % self.max_len)
+
+    def hparams(self, steps_per_epoch: int) -> Dict:
+        """The framework-facing hyper-parameters for a run of `steps_per_epoch` x epochs."""
+        return make_hparams(self.lr, self.weight_decay, self.warmup_ratio, self.batch_size,
+                            self.seed, total_steps=self.schedule_steps(steps_per_epoch),
+                            clip_norm=self.clip_norm, epsilon=self.epsilon,
+                            classifier_init=self.classifier_init, dtype=self.dtype)
+
+    def schedule_steps(self, steps_per_epoch: int) -> int:
+        ramp = self.epochs if self.ramp_up_epochs is None else self.ramp_up_epochs
+        total = max(1, int(math.ceil(steps_per_epoch * ramp)))
+        return min(total, self.training_steps) if self.training_steps else total
+
+
+def make_hparams(lr, weight_decay, warmup_ratio, batch_size, seed, total_steps, clip_norm=1.0,
+                 epsilon=1e-6, classifier_init="uniform", dtype="float32") -> Dict:
+    """`hparams` for `train_classifier`: lr, weight_decay, warmup_ratio, batch_size, seed,
+    clip_norm, epsilon, total_steps (the schedule's horizon across calls), dtype."""
+    return {"lr": float(lr), "weight_decay": float(weight_decay),
+            "warmup_ratio": float(warmup_ratio), "batch_size": int(batch_size), "seed": int(seed),
+            "total_steps": int(total_steps), "clip_norm": float(clip_norm),
+            "epsilon": float(epsilon), "classifier_init": classifier_init, "dtype": dtype}
+
+
+def learning_rate(step: int, hparams: Dict) -> float:
+    """The release's fine-tuning schedule at 0-based update `step`: lr * step / W during the
+    W = int(total * warmup_ratio) warm-up steps (so update 0 has lr 0), then a linear decay
+    to 0 at `total_steps`, never below 1e-7."""
+    lr, total = hparams["lr"], max(1, int(hparams["total_steps"]))
+    warm = int(total * hparams["warmup_ratio"])
+    if step < warm:
+        return lr * step / warm
+    return max(lr * (1.0 - (step - warm) / max(1, total - warm)), LR_FLOOR)
+
+
+def decays(name: str) -> bool:
+    """BERTAdam weight decay applies except to LayerNorm gains/shifts and biases (canonical
+    names, `bort.`-prefixed or not)."""
+    return not name.endswith((".gamma", ".beta", ".bias"))
+
+
+def take_steps(batches, steps: int) -> list:
+    """The first `steps` batches, cycling through them when there are fewer."""
+    batches = list(batches)
+    if not batches and steps:
+        raise ValueError("train_classifier: %d steps requested but no batches given" % steps)
+    return [batches[i % len(batches)] for i in range(steps)]
+
+
+def str2bool(text: str) -> bool:
+    """An argparse type that reads "False" as False (the release's type=bool did not; F4)."""
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "y", "on"):
+        return True
+    if low in ("0", "false", "no", "n", "off"):
+        return False
+    raise ValueError("expected a boolean (true/false), got %r" % text)
+
+
+# ------------------------------------------------------------------------------ parameters
+
+def classifier_init(config: BortConfig, num_classes: int, scheme: str = "uniform",
+                    seed: int = 0, dropout: float = 0.1) -> "OrderedDict[str, np.ndarray]":
+    """A fresh head (canonical names) drawn in numpy, so both frameworks start alike.
+
+    Biases are zero; weights: uniform U(-0.5, 0.5) (the release's default); gaussian
+    N(0, 0.01) (MXNet's Normal()); orthogonal (MXNet's Orthogonal: an orthonormal factor of a
+    U(-1, 1) matrix times 1.414); xavier (MXNet's Xavier(): U(+-sqrt(3 / mean fan)))."""
+    if scheme not in CLASSIFIER_INITS:
+        raise ValueError("unknown classifier init %r; choose one of %s"
+                         % (scheme, ", ".join(CLASSIFIER_INITS)))
+    rng = np.random.RandomState(seed)
+    head = OrderedDict()
+    for name, shape in arch.classifier_shapes(config, num_classes, dropout=dropout).items():
+        if name.endswith(".bias"):
+            head[name] = np.zeros(shape, np.float32)
+            continue
+        fan_out, fan_in = shape
+        if scheme == "uniform":
+            w = rng.uniform(-0.5, 0.5, shape)
+        elif scheme == "gaussian":
+            w = rng.normal(0.0, 0.01, shape)
+        elif scheme == "orthogonal":
+            u, _, v = np.linalg.svd(rng.uniform(-1.0, 1.0, shape), full_matrices=False)
+            w = 1.414 * (u if u.shape == shape else v)
+        else:
+            scale = math.sqrt(3.0 / ((fan_in + fan_out) / 2.0))
+            w = rng.uniform(-scale, scale, shape)
+        head[name] = w.astype(np.float32)
+    return head
+
+
+def initial_classifier(config: BortConfig, num_classes: int, checkpoint: Optional[str],
+                       scheme: str, seed: int) -> "OrderedDict[str, np.ndarray]":
+    """Classifier parameters: the checkpoint's backbone (decoder dropped) or, without one, the
+    release's random initialisation, plus a fresh head."""
+    if checkpoint is None:
+        from bort_core.pretrain import initial_params
+        backbone = initial_params(config, seed)
+        backbone = OrderedDict((n, v) for n, v in backbone.items() if not n.startswith("decoder."))
+    else:
+        _, backbone = ckpt.load_model_params(checkpoint, config, with_decoder=False)
+    head = classifier_init(config, num_classes, scheme, seed, dropout=config.dropout)
+    return ckpt.join_classifier(backbone, head)
+
+
+def resolve_config(config: str, checkpoint: Optional[str], dropout: float) -> BortConfig:
+    """The config (vocabulary size from the checkpoint when given) with the run's dropout."""
+    vocab = None
+    if checkpoint is not None:
+        if not os.path.exists(checkpoint):
+            raise FileNotFoundError("--checkpoint %s does not exist" % checkpoint)
+        vocab = ckpt.infer_vocab_size(ckpt.load_params(checkpoint))
+    return get_config(config, vocab_size=vocab).replace(dropout=dropout, embed_dropout=dropout)
+
+
+# ---------------------------------------------------------------------------------- data
+
+@dataclasses.dataclass
+class TaskData:
+    """Examples and features of one split (`features` as `featurize` returns them)."""
+    split: str
+    examples: List[Example]
+    features: Dict
+
+
+def num_outputs(task: Task) -> int:
+    return 1 if task.class_labels is None else len(task.class_labels)
+
+
+def load_task(task: Task, data_dir: Optional[str], tokenizer, max_len: int,
+              vocab_size: Optional[int] = None) -> Dict[str, List[TaskData]]:
+    """{"train": [...], "dev": [...], "test": [...]}: every split of the task (a diagnostic:
+    its train task's train and dev splits, and its own file as test)."""
+    trainer = get_task(task.train_task) if task.train_task else task
+    out = {"train": [], "dev": [], "test": []}
+    for t, role in ((trainer, ("train", "dev")), (task, ("test",))):
+        for split in t.splits:
+            kind = "dev" if split.startswith("dev") else split.split("_")[0]
+            if kind not in role:
+                continue
+            examples = read_split(t, split, data_dir).examples
+            if not examples:
+                raise ValueError("%s %s (%s) has no examples" % (t.name, split, t.path(
+                    data_dir or "", split)))
+            feats = featurize(examples, t, tokenizer, max_len)
+            if vocab_size is not None:
+                _check_ids(feats, vocab_size, t.name, split)
+            out[kind].append(TaskData(split, examples, feats))
+    if task.train_task is None and not out["train"]:
+        raise ValueError("task %s has no train split" % task.name)
+    return out
+
+
+def _check_ids(feats, vocab_size, task, split):
+    top = max(int(a.max()) for a in feats["input_ids"])
+    if top >= vocab_size:
+        raise ValueError("%s %s: token id %d does not fit the model's vocabulary of %d; does "
+                         "--vocab match the checkpoint?" % (task, split, top, vocab_size))
+
+
+def _pad(rows: Sequence[np.ndarray], pad_id: int) -> np.ndarray:
+    out = np.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def make_batch(features: Dict, rows: Sequence[int], pad_id: int = 1) -> Dict[str, np.ndarray]:
+    """One batch of `rows`, padded to its longest row with `pad_id`."""
+    batch = {"input_ids": _pad([features["input_ids"][i] for i in rows], pad_id),
+             "valid_length": np.asarray(features["valid_length"], np.int32)[list(rows)]}
+    if "label" in features:
+        labels = np.asarray(features["label"])[list(rows)]
+        batch["labels"] = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64)
+    return batch
+
+
+def train_batches(features: Dict, batch_size: int, seed: int, num_buckets: int = 15,
+                  pad_id: int = 1) -> List[Dict[str, np.ndarray]]:
+    """One epoch: rows grouped into `num_buckets` length buckets, shuffled inside each bucket,
+    cut into batches, batches shuffled (a seeded numpy RNG: the same batches in both
+    frameworks)."""
+    rng = np.random.RandomState(seed)
+    lengths = np.asarray(features["valid_length"])
+    order = np.argsort(lengths, kind="mergesort")
+    batches = []
+    for bucket in np.array_split(order, min(num_buckets, len(order))):
+        bucket = bucket[rng.permutation(len(bucket))]
+        batches += [bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size)]
+    return [make_batch(features, batches[i], pad_id) for i in rng.permutation(len(batches))]
+
+
+def eval_batches(features: Dict, batch_size: int, pad_id: int = 1) -> List[Dict[str, np.ndarray]]:
+    """The split in file order, `batch_size` rows a batch."""
+    n = len(features["valid_length"])
+    return [make_batch(features, range(i, min(n, i + batch_size)), pad_id)
+            for i in range(0, n, batch_size)]
+
+
+def predictions(task: Task, logits: np.ndarray):
+    """(predictions, scores): class index (argmax) or the regression score; scores are the
+    positive-class margins a ReCoRD query's candidates are ranked by."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if task.class_labels is None:
+        return logits[:, 0], None
+    scores = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else None
+    return logits.argmax(axis=1), scores
+
+
+def score_split(backend, model, task: Task, data: TaskData, batch_size: int,
+                pad_id: int = 1) -> Dict:
+    """Predict a split; metrics when labelled. {"metrics", "predictions", "scores"}."""
+    logits = backend.predict(model, eval_batches(data.features, batch_size, pad_id))
+    pred, scores = predictions(task, logits)
+    labelled = all(e.label is not None for e in data.examples)
+    metrics = evaluate(task, data.examples, pred, scores) if labelled else {}
+    return {"metrics": metrics, "predictions": pred, "scores": scores}
+
+
+def selection_score(task: Task, dev_metrics: Sequence[Dict[str, float]]) -> float:
+    """The mean over dev segments of the task's selecting metric (FIX F2)."""
+    key = task.metrics[0]
+    return float(np.mean([m[key] for m in dev_metrics]))
+
+
+# ---------------------------------------------------------------------------------- loop
+
+def check_output_dir(path: str, overwrite: bool) -> None:
+    """Refuse a directory holding a previous run unless `overwrite`."""
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise ValueError("--output-dir %s is not empty; pass --overwrite to replace its files"
+                         % path)
+    os.makedirs(path, exist_ok=True)
+
+
+def write_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def train_and_select(backend, model, config: BortConfig, num_classes: int, task: Task,
+                     train: Dict, dev: Sequence[TaskData], options: FinetuneOptions,
+                     save_dir: str, progress: bool = True):
+    """Epochs of training with dev evaluation; returns (best model, history, best score).
+
+    Each epoch's model is saved as `model_bort_<task>_<epoch>.params` under `save_dir` (as the
+    release did); when the last epoch is not the best, the best one is reloaded."""
+    steps_per_epoch = int(math.ceil(len(train["valid_length"]) / options.batch_size))
+    hparams = options.hparams(steps_per_epoch)
+    history, best, best_epoch, waited, done = [], -math.inf, 0, 0, 0
+    limit = options.training_steps
+    for epoch in range(1, options.epochs + 1):
+        batches = train_batches(train, options.batch_size, options.seed + epoch,
+                                options.num_buckets)
+        steps = len(batches) if limit is None else min(len(batches), limit - done)
+        rows = backend.train_classifier(model, batches[:steps], steps, hparams)
+        done += steps
+        dev_metrics = [score_split(backend, model, task, d, options.dev_batch_size)["metrics"]
+                       for d in dev]
+        score = selection_score(task, dev_metrics)
+        entry = {"epoch": epoch, "steps": done, "score": score,
+                 "loss": float(np.mean([r["loss"] for r in rows])) if rows else float("nan"),
+                 "dev": {d.split: m for d, m in zip(dev, dev_metrics)}}
+        history.append(entry)
+        if progress:
+            print("epoch %d: steps %d loss %.4f dev %s" % (epoch, done, entry["loss"], json.dumps(
+                entry["dev"], default=lambda v: round(float(v), 4))), flush=True)
+        backend.save(model, epoch_path(save_dir, task, epoch))
+        if score > best:
+            best, best_epoch, waited = score, epoch, 0
+        else:
+            waited += 1
+        if waited >= options.early_stop or (limit is not None and done >= limit):
+            break
+    if best_epoch != history[-1]["epoch"]:
+        model = backend.load(config, epoch_path(save_dir, task, best_epoch), num_classes)
+    return model, history, best
+
+
+def epoch_path(save_dir: str, task: Task, epoch: int) -> str:
+    return os.path.join(save_dir, "model_bort_%s_%d.params" % (task.name, epoch))
+
+
+def run_finetune(backend, options: FinetuneOptions, tokenizer=None, progress: bool = True) -> Dict:
+    """The whole job: read the task, build or load the classifier, train with per-epoch dev
+    evaluation (unless `only_inference`), score dev with the best model, write the test files
+    and `result.json` into the output directory. Returns the result dict."""
+    from bort_core.tokenizer import load_tokenizer
+
+    task = get_task(options.task)
+    source = options.model_parameters or options.checkpoint
+    config = resolve_config(options.config, source, options.dropout)
+    tokenizer = tokenizer or load_tokenizer(options.vocab)
+    if len(tokenizer) != config.vocab_size:
+        raise ValueError("the tokenizer has %d entries but the model's vocabulary has %d; pass "
+                         "the matching --vocab (or --config)" % (len(tokenizer), config.vocab_size))
+    data = load_task(task, options.data_dir, tokenizer, min(options.max_len, config.max_length),
+                     config.vocab_size)
+    trainer = get_task(task.train_task) if task.train_task else task
+    num_classes = num_outputs(trainer)
+    check_output_dir(options.output_dir, options.overwrite)
+    if options.model_parameters:
+        model = backend.load(config, options.model_parameters, num_classes)
+    else:
+        if options.checkpoint is None:
+            warnings.warn("no --checkpoint: fine-tuning a RANDOMLY initialised %s (scores will be "
+                          "near chance)" % config.name, stacklevel=2)
+        if options.only_inference:
+            raise ValueError("--only-inference needs --model-parameters (a fine-tuned classifier)")
+        init = os.path.join(options.output_dir, "init.params")
+        ckpt.save_params(init, initial_classifier(config, num_classes, options.checkpoint,
+                                                  options.classifier_init, options.seed))
+        model = backend.load(config, init, num_classes)
+        os.remove(init)
+    history = []
+    if not options.only_inference:
+        train = data["train"][0].features
+        model, history, _ = train_and_select(backend, model, config, num_classes, trainer, train,
+                                             data["dev"], options, options.output_dir, progress)
+    result = {"task": task.name, "framework": backend.name, "config": config.name,
+              "history": history, "dev": {}, "test": {}, "options": dataclasses.asdict(options)}
+    for d in data["dev"]:
+        result["dev"][d.split] = score_split(backend, model, trainer, d,
+                                             options.dev_batch_size)["metrics"]
+    for d in data["test"]:
+        scored = score_split(backend, model, task, d, options.dev_batch_size)
+        path = write_submission(task, d.examples, scored["predictions"], options.output_dir,
+                                d.split, scores=scored["scores"])
+        result["test"][d.split] = {"file": path, "metrics": scored["metrics"]}
+    best = os.path.join(options.output_dir, "model_bort_%s_best.params" % task.name)
+    backend.save(model, best)
+    result["model"] = best
+    write_json(os.path.join(options.output_dir, "result.json"), result)
+    return result

@@ -1,0 +1,105 @@
+"""Task fine-tuning steps in MXNet/GluonNLP, as the 2020 release ran them.
+
+`train_classifier` and `predict` are what `bort_gluon.backend.Backend` delegates to; the loop
+around them (epochs, schedule, dev evaluation, test files) is `bort_core.finetune`. GluonNLP's
+BERTAdam (weight decay except LayerNorm/bias) and the step count live on the model between calls,
+so a run split into epochs follows one schedule; gradients are clipped to a global norm
+(`clip_norm`, 1 by default) through the optimizer's `rescale_grad`. float32 only: the float16
+option is the torch twin's (see the README's deviations).
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+import mxnet as mx
+import numpy as np
+from gluonnlp.optimizer import BERTAdam
+from mxnet import autograd
+
+from bort_core import finetune as core
+from bort_core.pretrain import clip_factor
+from bort_gluon.model import named_parameters
+
+
+class _State:
+    """Optimizer, updater and step counter of one model's fine-tuning."""
+
+    def __init__(self, model, hparams: Dict):
+        if hparams.get("dtype", "float32") != "float32":
+            raise ValueError("--dtype %s: bort_gluon fine-tunes in float32; use --framework torch "
+                             "for float16" % hparams["dtype"])
+        self.named = named_parameters(model)
+        self.order = list(self.named)
+        for name, p in self.named.items():
+            p.wd_mult = 1.0 if core.decays(name) else 0.0
+        self.optimizer = BERTAdam(learning_rate=hparams["lr"], epsilon=hparams.get("epsilon", 1e-6),
+                                  wd=hparams["weight_decay"],
+                                  param_dict={i: self.named[n] for i, n in enumerate(self.order)})
+        self.updater = mx.optimizer.get_updater(self.optimizer)
+        self.step = 0
+
+
+def _ctx(model):
+    return next(iter(model.collect_params().values())).list_ctx()[0]
+
+
+def _arrays(batch, ctx):
+    return (mx.nd.array(batch["input_ids"], ctx=ctx, dtype="float32"),
+            mx.nd.array(batch["valid_length"], ctx=ctx, dtype="float32"))
+
+
+def loss_fn(logits, labels):
+    """Mean softmax cross-entropy, or 0.5 * mean squared error for one output (regression,
+    GluonNLP's L2Loss)."""
+    if logits.shape[-1] == 1 and labels.dtype == np.float32:
+        return 0.5 * ((logits[:, 0] - labels) ** 2).mean()
+    return -mx.nd.pick(mx.nd.log_softmax(logits, axis=-1), labels, axis=-1).mean()
+
+
+def train_classifier(model, batches: Iterable[Dict], steps: int, hparams: Dict) -> List[Dict]:
+    """`steps` BERTAdam updates (dropout on); per-step rows {step, loss, lr, grad_norm}."""
+    state = getattr(model, "_bort_finetune", None)
+    if state is None:
+        mx.random.seed(hparams.get("seed", 0))
+        state = model._bort_finetune = _State(model, hparams)
+    ctx = _ctx(model)
+    rows = []
+    for batch in core.take_steps(batches, steps):
+        lr = core.learning_rate(state.step, hparams)
+        inputs, valid = _arrays(batch, ctx)
+        labels = mx.nd.array(batch["labels"], ctx=ctx, dtype=batch["labels"].dtype
+                             if batch["labels"].dtype == np.float32 else "int32")
+        with autograd.record():
+            loss = loss_fn(model(inputs, valid), labels)
+        loss.backward()
+        grads = [state.named[n].grad(ctx) for n in state.order]
+        norms = mx.nd.concat(*[mx.nd.norm(g).reshape((1,)) for g in grads], dim=0).asnumpy()
+        norm = float(np.sqrt(np.sum(norms.astype(np.float64) ** 2)))
+        state.optimizer.set_learning_rate(lr)
+        state.optimizer.rescale_grad = clip_factor(norm, hparams.get("clip_norm", 1.0))
+        for i, n in enumerate(state.order):
+            state.updater(i, grads[i], state.named[n].data(ctx))
+        state.step += 1
+        rows.append({"step": state.step, "loss": float(loss.asscalar()), "lr": lr,
+                     "grad_norm": norm})
+    return rows
+
+
+def predict(model, batches: Iterable[Dict]) -> np.ndarray:
+    """Logits (N, C) in batch order, inference mode (dropout off), float32."""
+    ctx = _ctx(model)
+    out = [model(*_arrays(b, ctx)).asnumpy() for b in batches]
+    return np.concatenate(out, axis=0).astype(np.float32)
+
+
+def predict_mlm(model, batches: Iterable[Dict]) -> List[np.ndarray]:
+    """MLM logits (B, M, V) at each batch's `masked_positions`, inference mode, one array a
+    batch (what Agora's masked-LM resampling draws replacement tokens from)."""
+    ctx = _ctx(model)
+    out = []
+    for b in batches:
+        inputs, valid = _arrays(b, ctx)
+        positions = mx.nd.array(b["masked_positions"], ctx=ctx, dtype="float32")
+        _, logits = model(inputs, valid, positions)
+        out.append(logits.asnumpy())
+    return out

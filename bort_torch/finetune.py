@@ -1,0 +1,120 @@
+"""Task fine-tuning steps in PyTorch: the twin of bort_gluon.finetune.
+
+`train_classifier` and `predict` are what `bort_torch.backend.Backend` delegates to; the loop
+around them (epochs, schedule, dev evaluation, test files) is `bort_core.finetune`. The optimizer
+(BERTAdam, weight decay except LayerNorm/bias) and the step count live on the model between
+calls, so a run split into epochs follows one schedule. float16: autocast + dynamic loss
+scaling; gradients are unscaled BEFORE the global-norm clip (FIX F5: the release clipped the
+scaled gradients).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterable, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bort_core import finetune as core
+from bort_core.convert import canonical_name
+from bort_core.pretrain import clip_factor
+from bort_torch.pretrain import BERTAdam
+
+
+class _State:
+    """Optimizer, step counter and loss scaler of one model's fine-tuning."""
+
+    def __init__(self, model, hparams: Dict):
+        named = {canonical_name(n): p for n, p in model.named_parameters()}
+        groups = [{"params": [p for n, p in named.items() if core.decays(n)]},
+                  {"params": [p for n, p in named.items() if not core.decays(n)],
+                   "weight_decay": 0.0}]
+        self.params = list(named.values())
+        self.optimizer = BERTAdam(groups, lr=hparams["lr"], eps=hparams.get("epsilon", 1e-6),
+                                  weight_decay=hparams["weight_decay"])
+        self.step = 0
+        self.fp16 = hparams.get("dtype", "float32") == "float16"
+        self.scaler = torch.amp.GradScaler(_device(model).type, enabled=self.fp16)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _tensors(batch, device):
+    return (torch.from_numpy(np.ascontiguousarray(batch["input_ids"])).long().to(device),
+            torch.from_numpy(np.ascontiguousarray(batch["valid_length"])).long().to(device))
+
+
+def loss_fn(logits, labels):
+    """Mean softmax cross-entropy, or 0.5 * mean squared error for one output (regression,
+    GluonNLP's L2Loss)."""
+    if logits.shape[-1] == 1 and labels.dtype.is_floating_point:
+        return 0.5 * ((logits[:, 0].float() - labels) ** 2).mean()
+    return F.cross_entropy(logits.float(), labels.long())
+
+
+def train_classifier(model, batches: Iterable[Dict], steps: int, hparams: Dict) -> List[Dict]:
+    """`steps` BERTAdam updates (dropout on); per-step rows {step, loss, lr, grad_norm}."""
+    state = getattr(model, "_bort_finetune", None)
+    if state is None:
+        torch.manual_seed(hparams.get("seed", 0))
+        state = model._bort_finetune = _State(model, hparams)
+    device = _device(model)
+    model.train()
+    rows = []
+    autocast = torch.autocast(device.type, dtype=torch.float16) if state.fp16 \
+        else contextlib.nullcontext()
+    for batch in core.take_steps(batches, steps):
+        lr = core.learning_rate(state.step, hparams)
+        inputs, valid = _tensors(batch, device)
+        labels = torch.from_numpy(np.ascontiguousarray(batch["labels"])).to(device)
+        with autocast:
+            logits = model(inputs, valid)
+        loss = loss_fn(logits, labels)
+        state.optimizer.zero_grad(set_to_none=False)
+        state.scaler.scale(loss).backward()
+        state.scaler.unscale_(state.optimizer)
+        grads = [p.grad for p in state.params if p.grad is not None]
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        factor = clip_factor(norm, hparams.get("clip_norm", 1.0))
+        if factor != 1.0:
+            for g in grads:
+                g.mul_(factor)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.step += 1
+        rows.append({"step": state.step, "loss": float(loss.detach()), "lr": lr,
+                     "grad_norm": norm})
+    return rows
+
+
+@torch.no_grad()
+def predict(model, batches: Iterable[Dict]) -> np.ndarray:
+    """Logits (N, C) in batch order, eval mode (dropout off), float32."""
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(*_tensors(b, device)).float().cpu().numpy() for b in batches]
+    finally:
+        model.train(was_training)
+    return np.concatenate(out, axis=0).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_mlm(model, batches: Iterable[Dict]) -> List[np.ndarray]:
+    """MLM logits (B, M, V) at each batch's `masked_positions`, eval mode, one array a batch
+    (what Agora's masked-LM resampling draws replacement tokens from)."""
+    device = _device(model)
+    model.eval()
+    out = []
+    for b in batches:
+        inputs, valid = _tensors(b, device)
+        positions = torch.from_numpy(np.ascontiguousarray(b["masked_positions"])).long()
+        _, logits = model(inputs, valid, positions.to(device))
+        out.append(logits.float().cpu().numpy())
+    return out
