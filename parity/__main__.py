@@ -1,4 +1,4 @@
-"""python -m parity {checkpoint, inputs, dump, compare, grads, throughput}: does bort_gluon
+"""python -m parity {checkpoint, inputs, dump, compare, grads, throughput, train-steps}: does bort_gluon
 compute what bort_torch does, and how fast?
 
   python -m parity checkpoint --config bort_4_8_768_1024 --out bort.params   # non-trivial weights
@@ -9,6 +9,7 @@ compute what bort_torch does, and how fast?
   python -m parity compare gluon.npz torch.npz [--json report.json]
   python -m parity grads --config bort_4_8_768_1024
   python -m parity throughput --frameworks torch,gluon,hf --batch 8 --seq 128 --json tp.json
+  python -m parity train-steps --steps 20
 
 `compare` and `grads` exit 1 when a tap or a gradient is beyond tolerance.
 """
@@ -141,7 +142,8 @@ def cmd_throughput(args):
 
     from parity import throughput as tp
 
-    records = tp.run(args)
+    args.progress = True
+    records = tp.run(args, log=lambda *a: print(*a, flush=True))
     table = tp.format_table(records)
     print(table)
     configs = sorted({r["config"] for r in records if r.get("config")})
@@ -160,6 +162,19 @@ def cmd_throughput(args):
         else:
             print("wrote %s, %s.md (no chart: matplotlib is not installed)" % (args.json, stem))
     return 0 if any(not r.get("error") for r in records) else 1
+
+
+def cmd_train_steps(args):
+    from parity import train_steps
+
+    report = train_steps.train_steps(args.student, args.teacher, args.steps, args.batch_size,
+                                     args.seq_len, args.num_masked, args.seed, args.kd_loss,
+                                     args.lr)
+    train_steps.print_report(report, args.show)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0 if report["ok"] else 1
 
 
 def build_parser():
@@ -215,7 +230,7 @@ def build_parser():
     p = sub.add_parser("throughput", help="tokens/s, latency, memory and MFU of each framework "
                        "on the same weights and inputs, one process per framework")
     p.add_argument("--frameworks", default="torch,gluon",
-                   help="comma list from: torch, torch-plain, gluon, gluonnlp, hf, onnx "
+                   help="comma list from: torch, torch-compile, torch-plain, gluon, gluonnlp, hf, onnx "
                    "(default torch,gluon); one missing or failing is reported, the rest measured")
     p.add_argument("--config", default="bort_4_8_768_1024",
                    help="config name(s), comma-separated (e.g. bort_4_8_768_1024,bert_12_768_12,"
@@ -226,15 +241,13 @@ def build_parser():
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     p.add_argument("--preset", help="workload list instead of --batch/--seq: gluonnlp-inference "
                    "or gluonnlp-train (GluonNLP's benchmark pairs)")
-    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (torch: "
-                   "autocast; gluon: MXNet AMP)")
+    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16, or a comma "
+                   "list measured side by side (torch: autocast; gluon: MXNet AMP)")
     p.add_argument("--mode", default="inference", help="inference (backbone forward) or train "
                    "(forward + backward of the MLM loss)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="threads per framework, set the same for all "
                    "(OMP/MKL env + torch/ORT settings; default: all cores)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the torch model(s) "
-                   "(inference: inductor freezing)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per workload (default 3)")
     p.add_argument("--iters", type=int, default=5, help="timed steps per round (default 5)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
@@ -250,6 +263,24 @@ def build_parser():
     p.add_argument("--workdir", help="where the checkpoint and exports go (default: a temp dir)")
     p.add_argument("--json", help="write the records here, plus a .md table and a .png chart")
     p.set_defaults(run=cmd_throughput)
+    p = sub.add_parser("train-steps", help="N pretraining steps in each framework from the same "
+                       "weights on the same batches (dropout off): per-step losses, final params")
+    p.add_argument("--student", default="bort_4_8_768_1024", help="student config (full size "
+                   "by default)")
+    p.add_argument("--teacher", default="bort_2_4_512_256", help="teacher config, random weights, "
+                   "the student's vocabulary (default %(default)s, small)")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps (default 20)")
+    p.add_argument("--batch-size", type=int, default=2, help="rows per batch (default 2)")
+    p.add_argument("--seq-len", type=int, default=16, help="padded length (default 16)")
+    p.add_argument("--num-masked", type=int, default=4, help="prediction slots per row, the last "
+                   "one padding (default 4)")
+    p.add_argument("--kd-loss", default="kl", choices=("kl", "release"),
+                   help="distillation term (default kl)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="weights and batches seed")
+    p.add_argument("--show", type=int, default=5, help="parameter rows to print")
+    p.add_argument("--json", help="write the report as JSON")
+    p.set_defaults(run=cmd_train_steps)
     return parser
 
 

@@ -10,7 +10,9 @@ supported) becomes a record with an `error` and the others are still measured.
 
 Frameworks:
   torch        bort_torch.BortModel with the fast paths (fused QKV + SDPA, inference_mode;
-               `--compile` adds torch.compile, low precision runs under torch.autocast)
+               low precision runs under torch.autocast)
+  torch-compile  the same, through torch.compile (inference: inductor freezing, so weights
+               are constants and GEMMs prepacked)
   torch-plain  the same model with the fused attention switched off (the plain reference)
   gluon        bort_gluon.BortModel hybridized with static_alloc/static_shape
   gluonnlp     GluonNLP's own BERTModel (no Bort changes), hybridized the same way
@@ -29,7 +31,7 @@ import time
 
 import numpy as np
 
-FRAMEWORKS = ("torch", "torch-plain", "gluon", "gluonnlp", "hf", "onnx")
+FRAMEWORKS = ("torch", "torch-compile", "torch-plain", "gluon", "gluonnlp", "hf", "onnx")
 DTYPES = ("float32", "float16", "bfloat16")
 MODES = ("inference", "train")
 DEVICES = ("cpu", "cuda")
@@ -137,7 +139,7 @@ def ratio_table(records, base):
         if not r.get("error"):
             by.setdefault((r["framework"], r["dtype"], r["mode"], r["batch"], r["seq"]),
                           {})[r["config"]] = r["tokens_per_s"]
-    configs = sorted({r["config"] for r in records if r.get("config") != base})
+    configs = sorted({r["config"] for r in records if not r.get("error") and r["config"] != base})
     lines = ["| framework | dtype | B | L | %s tokens/s | %s |" % (
         base, " | ".join("%s / %s" % (base, c) for c in configs)),
         "|" + "---|" * (5 + len(configs))]
@@ -276,103 +278,127 @@ def prepare_weights(config, workdir, frameworks, checkpoint=None, seed=0):
     return paths
 
 
-def run(args, log=print):
-    """Measure every (framework, config) on every workload; return the list of records."""
+def _start_workers(args, names, frameworks, dtypes, threads, workdir, base, log):
+    """One worker per (config, dtype, framework); those that cannot start become error records."""
     from bort_core.configs import get_config
 
-    asked = parse_list(args.frameworks, None, "--frameworks")
-    frameworks = [f for f in asked if f in FRAMEWORKS]
-    names = parse_list(args.config, None, "--config")
-    pairs = workloads(args.preset, args.batch, args.seq)
-    if args.dtype not in DTYPES or args.mode not in MODES or args.device not in DEVICES:
-        raise ValueError("--dtype/--mode/--device: got %s/%s/%s" % (args.dtype, args.mode, args.device))
-    threads = args.threads or os.cpu_count()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bort-throughput-")
-    os.makedirs(workdir, exist_ok=True)
-    base = dict(host_info(), dtype=args.dtype, mode=args.mode, device=args.device,
-                threads=threads, compile=bool(args.compile))
     workers, failed = [], []
-    for fw in asked:
-        if fw not in FRAMEWORKS:
-            log("%-12s unknown framework; choose from %s" % (fw, ", ".join(FRAMEWORKS)))
-            failed.append(dict(base, framework=fw, error="unknown framework; choose from %s"
-                               % ", ".join(FRAMEWORKS)))
     for name in names:
         config = get_config(name)
         paths = prepare_weights(config, workdir, frameworks, args.checkpoint if len(names) == 1
                                 else None, args.seed)
-        for fw in frameworks:
-            spec = dict(framework=fw, config=config.name, paths=paths, dtype=args.dtype,
-                        mode=args.mode, device=args.device, threads=threads,
-                        compile=bool(args.compile), seed=args.seed, warmup=args.warmup,
-                        check_error=bool(args.check_error))
-            w = Worker(spec, threads)
-            reply = w.call(op="hello")
-            if reply.get("error"):
-                log("%-12s %-20s unavailable: %s" % (fw, config.name, reply["error"]))
-                failed.append(dict(base, framework=fw, config=config.name, error=reply["error"]))
-                w.close()
-            else:
-                w.info = reply
-                workers.append(w)
-    peak_tflops = args.peak_tflops
-    torch_workers = [w for w in workers if isinstance(getattr(w, "info", None), dict)
-                     and w.spec["framework"] in ("torch", "torch-plain", "hf")]
-    if not peak_tflops and args.measure_peak and torch_workers:
-        reply = torch_workers[0].call(op="peak")
-        peak_tflops = reply.get("peak_tflops")
-        log("measured peak: %s" % ("%.3f TFLOP/s (%s GEMM)" % (peak_tflops, args.dtype)
-                                   if peak_tflops else reply.get("error")))
-    peak = peak_tflops * 1e12 if peak_tflops else None
+        for dtype in dtypes:
+            for fw in frameworks:
+                spec = dict(framework=fw, config=config.name, paths=paths, dtype=dtype,
+                            mode=args.mode, device=args.device, threads=threads, seed=args.seed,
+                            warmup=args.warmup, check_error=bool(args.check_error))
+                w = Worker(spec, threads)
+                reply = w.call(op="hello")
+                if reply.get("error"):
+                    log("%-13s %-20s %-9s unavailable: %s" % (fw, config.name, dtype, reply["error"]))
+                    failed.append(dict(base, framework=fw, config=config.name, dtype=dtype,
+                                       error=reply["error"]))
+                    w.close()
+                else:
+                    w.info = {k: v for k, v in reply.items() if k != "ok"}
+                    workers.append(w)
+    return workers, failed
+
+
+def _peaks(args, workers, dtypes, log):
+    """dtype -> peak FLOP/s: given, measured by a torch-family worker of that dtype, or None."""
+    peaks = {}
+    for dtype in dtypes:
+        peaks[dtype] = args.peak_tflops * 1e12 if args.peak_tflops else None
+        candidates = [w for w in workers if w.spec["dtype"] == dtype
+                      and w.spec["framework"] in ("torch", "torch-compile", "torch-plain", "hf")]
+        if peaks[dtype] is None and args.measure_peak and candidates:
+            reply = candidates[0].call(op="peak")
+            if reply.get("peak_tflops"):
+                peaks[dtype] = reply["peak_tflops"] * 1e12
+            log("measured peak %s: %s" % (dtype, "%.3f TFLOP/s (dense GEMM)" % reply["peak_tflops"]
+                                          if reply.get("peak_tflops") else reply.get("error")))
+    return peaks
+
+
+def _measure(args, live):
+    """Interleaved timing rounds (the order rotates each round); worker -> times or error."""
+    from tqdm import tqdm
+
+    times = {id(w): [] for w in live}
+    for rnd in tqdm(range(args.repeats), desc="rounds", leave=False, disable=not args.progress):
+        shift = rnd % len(live)
+        for w in live[shift:] + live[:shift]:
+            if isinstance(times[id(w)], str):
+                continue
+            reply = w.call(op="time", n=args.iters)
+            times[id(w)] = reply["error"] if reply.get("error") else times[id(w)] + reply["times"]
+    return times
+
+
+def run(args, log=print):
+    """Measure every (framework, config, dtype) on every workload; return the records (one
+    per workload and worker, plus one per worker that could not start)."""
+    from bort_core.configs import get_config
+
+    if args.mode not in MODES or args.device not in DEVICES:
+        raise ValueError("--mode must be one of %s and --device one of %s (got %s, %s)"
+                         % (", ".join(MODES), ", ".join(DEVICES), args.mode, args.device))
+    asked = parse_list(args.frameworks, None, "--frameworks")
+    asked_dtypes = parse_list(args.dtype, None, "--dtype")
+    names = parse_list(args.config, None, "--config")
+    pairs = workloads(args.preset, args.batch, args.seq)
+    frameworks = [f for f in asked if f in FRAMEWORKS]
+    dtypes = [d for d in asked_dtypes if d in DTYPES]
+    threads = args.threads or os.cpu_count()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bort-throughput-")
+    os.makedirs(workdir, exist_ok=True)
+    base = dict(host_info(), mode=args.mode, device=args.device, threads=threads,
+                loadavg_start=list(os.getloadavg()))
+    failed = [dict(base, framework=f, error="unknown framework; choose from %s"
+                   % ", ".join(FRAMEWORKS)) for f in asked if f not in FRAMEWORKS]
+    failed += [dict(base, framework="-", dtype=d, error="unknown dtype; choose from %s"
+                    % ", ".join(DTYPES)) for d in asked_dtypes if d not in DTYPES]
+    for r in failed:
+        log("%-13s %s" % (r["framework"] if r["framework"] != "-" else r["dtype"], r["error"]))
+    workers, more = _start_workers(args, names, frameworks, dtypes, threads, workdir, base, log)
+    failed += more
     records = []
     try:
+        peaks = _peaks(args, workers, dtypes, log)
         for batch, seq in pairs:
             live = []
             for w in workers:
+                rec = dict(base, framework=w.spec["framework"], config=w.spec["config"],
+                           dtype=w.spec["dtype"], batch=batch, seq=seq, **w.info)
                 reply = w.call(op="setup", batch=batch, seq=seq)
-                if reply.get("error"):
-                    records.append(dict(base, framework=w.spec["framework"], config=w.spec["config"],
-                                        batch=batch, seq=seq, error=reply["error"]))
-                    log("%-12s B=%d L=%d: %s" % (w.spec["framework"], batch, seq, reply["error"]))
-                else:
-                    w.setup = reply
-                    w.times = []
-                    live.append(w)
-            for rnd in range(args.repeats):
-                order = live[rnd % max(1, len(live)):] + live[:rnd % max(1, len(live))]
-                for w in order:
-                    reply = w.call(op="time", n=args.iters)
-                    if reply.get("error"):
-                        w.times = reply   # keep the error
-                        continue
-                    if isinstance(w.times, list):
-                        w.times.extend(reply["times"])
+                rec.update({k: v for k, v in reply.items() if k != "ok"})
+                w.record = rec
+                (records.append(rec) if reply.get("error") else live.append(w))
+            times = _measure(args, live) if live else {}
             for w in live:
-                config = get_config(w.spec["config"])
-                rec = dict(base, framework=w.spec["framework"], config=config.name, batch=batch,
-                           seq=seq, **{k: v for k, v in w.info.items() if k != "ok"})
-                rec.update({k: v for k, v in w.setup.items() if k != "ok"})
-                if isinstance(w.times, dict):
-                    rec["error"] = w.times["error"]
+                rec, got = w.record, times[id(w)]
+                if isinstance(got, str):
+                    rec["error"] = got
                 else:
-                    flops = step_flops(config, batch, seq, args.mode)
-                    rec.update(summarize(w.times, batch, seq, flops, peak))
-                    rec["flops_per_step"] = flops
+                    flops = step_flops(get_config(rec["config"]), batch, seq, args.mode)
+                    peak = peaks.get(rec["dtype"])
+                    rec.update(summarize(got, batch, seq, flops, peak), flops_per_step=flops)
                     if peak:
-                        rec["peak_tflops"] = peak_tflops
+                        rec["peak_tflops"] = peak / 1e12
                     rec.update({k: v for k, v in w.call(op="memory").items() if k != "ok"})
                 records.append(rec)
-                log("%-12s %-20s B=%-3d L=%-4d %s" % (
-                    rec["framework"], rec["config"], batch, seq,
+            for rec in records[-len(workers):]:
+                log("%-13s %-20s %-9s B=%-3d L=%-4d %s" % (
+                    rec["framework"], rec["config"], rec["dtype"], batch, seq,
                     "error: " + rec["error"] if rec.get("error") else
                     "%10.0f tokens/s  p50 %8.2f ms  p90 %8.2f ms" % (
                         rec["tokens_per_s"], rec["latency_p50_ms"], rec["latency_p90_ms"])))
     finally:
         for w in workers:
             w.close()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     for r in records:
-        r["loadavg_end"] = load
+        r["loadavg_end"] = list(os.getloadavg())
     return failed + records
 
 
@@ -421,11 +447,11 @@ class TorchRunner:
             config, params = ckpt.load_checkpoint(spec["paths"]["params"], spec["config"])
             self.model = tm.BortModel(config if train else config.without_dropout())
             tm.set_params(self.model, params, spec["paths"]["params"])
-            tm.set_fast_attention(self.model, spec["framework"] == "torch")
+            tm.set_fast_attention(self.model, spec["framework"] != "torch-plain")
             self.versions = {"torch": torch.__version__}
         self.model.to(self.device).train(train)
         self.step = self.model
-        if spec["compile"]:
+        if spec["framework"] == "torch-compile":
             if not train:
                 import torch._inductor.config as inductor
                 inductor.freezing = True   # weights as constants: prepacked GEMMs on CPU
@@ -475,12 +501,16 @@ class TorchRunner:
             torch.cuda.synchronize()
 
     def logit_error(self):
-        """MLM logits at the masked positions under the low dtype vs fp32 (eager, same batch)."""
+        """MLM logits at the masked positions under the low dtype vs fp32 (eager, eval mode,
+        same batch)."""
         torch = self.torch
+        training = self.model.training
+        self.model.eval()
         with torch.inference_mode():
             ref = self.model(self.x, self.vl, self.pos)[1].float()
             with self.autocast():
                 low = self.model(self.x, self.vl, self.pos)[1].float()
+        self.model.train(training)
         diff = (low - ref).abs()
         return {"mlm_logit_max_abs_err": float(diff.max()),
                 "mlm_logit_rel_l2_err": float(torch.linalg.vector_norm(low - ref)
@@ -633,7 +663,8 @@ def _rss_peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-RUNNERS = {"torch": TorchRunner, "torch-plain": TorchRunner, "hf": TorchRunner,
+RUNNERS = {"torch": TorchRunner, "torch-compile": TorchRunner, "torch-plain": TorchRunner,
+           "hf": TorchRunner,
            "gluon": GluonRunner, "gluonnlp": GluonRunner, "onnx": OnnxRunner}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 INPUT_NAMES = ["input_ids", "valid_length"]
 OUTPUT_NAMES = ["sequence"]
@@ -25,7 +26,9 @@ def export_onnx(model, path: str, opset: int = 17) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".onnx")
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter (no onnxscript needed) warns that it is the legacy one
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(model.eval(), (ids, valid), tmp, dynamo=False, opset_version=opset,
                               input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                               dynamic_axes={"input_ids": {0: "batch", 1: "seq"},

@@ -1,0 +1,78 @@
+"""The throughput harness: its pure arithmetic and tables, and one side-by-side run of both
+frameworks (and the anchors present) on a tiny config through the CLI. No timing assertions."""
+import json
+
+import pytest
+
+pytest.importorskip("mxnet")
+pytest.importorskip("torch")
+pytestmark = pytest.mark.parity
+
+from bort_core.arch import forward_flops  # noqa: E402
+from bort_core.configs import get_config  # noqa: E402
+from parity import throughput as tp  # noqa: E402
+from parity.__main__ import main  # noqa: E402
+
+
+def test_summarize_uses_medians_and_flops():
+    s = tp.summarize([0.1, 0.2, 0.3, 10.0], batch=4, seq=8, flops=2e12, peak_flops=4e13)
+    assert s["latency_p50_ms"] == pytest.approx(250.0)
+    assert s["tokens_per_s"] == pytest.approx(32 / 0.25) and s["sequences_per_s"] == pytest.approx(16)
+    assert s["tflops"] == pytest.approx(8.0) and s["mfu"] == pytest.approx(0.2)
+    assert s["latency_p90_ms"] > s["latency_p50_ms"] and s["steps"] == 4
+    with pytest.raises(ValueError):
+        tp.summarize([], 1, 8)
+
+
+def test_workloads_presets_and_flag_errors():
+    assert tp.workloads(batch=8, seq=128) == [(8, 128)]
+    pairs = tp.workloads("gluonnlp-inference")
+    assert pairs[0] == (1, 128) and pairs[-1] == (32, 512)
+    with pytest.raises(ValueError, match="--preset"):
+        tp.workloads("nope")
+    with pytest.raises(ValueError, match="--batch"):
+        tp.workloads(batch=0, seq=128)
+    with pytest.raises(ValueError, match="--frameworks: unknown x"):
+        tp.parse_list("torch,x", tp.FRAMEWORKS, "--frameworks")
+
+
+def test_step_flops_follow_arch():
+    config = get_config("bort_4_8_768_1024")
+    assert tp.step_flops(config, 8, 128, "inference") == 8 * forward_flops(config, 128)["matmul"]
+    assert tp.step_flops(config, 2, 64, "train") == 3 * 2 * forward_flops(config, 64, 10)["matmul"]
+
+
+def _rec(fw, config, tps, **kw):
+    return dict(framework=fw, config=config, batch=8, seq=128, dtype="float32", mode="inference",
+                device="cpu", tokens_per_s=tps, sequences_per_s=tps / 128, latency_p50_ms=1.0,
+                latency_p90_ms=2.0, **kw)
+
+
+def test_tables_ratios_and_chart(tmp_path):
+    records = [_rec("torch", "bort", 800.0), _rec("torch", "base", 100.0),
+               _rec("gluon", "bort", 400.0), _rec("gluon", "large", 20.0),
+               dict(framework="onnx", error="no onnxruntime | here")]
+    table = tp.format_table(records)
+    assert table.count("\n") == 6 and "error: no onnxruntime / here" in table
+    assert tp.speedups(records, "gluon")[("bort", "float32", "inference", 8, 128)]["torch"] == 2.0
+    ratios = tp.ratio_table(records, "bort")
+    assert "| torch | float32 | 8 | 128 | 800 | 8.00x | - |" in ratios
+    assert "| gluon | float32 | 8 | 128 | 400 | - | 20.00x |" in ratios
+    pytest.importorskip("matplotlib")
+    assert tp.plot(records, str(tmp_path / "c.png")) and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_cli_side_by_side_on_a_tiny_config(tmp_path, capsys):
+    out = tmp_path / "tp.json"
+    rc = main(["throughput", "--frameworks", "torch,gluon,gluonnlp,bogus", "--config", "bort_tiny",
+               "--batch", "2", "--seq", "8", "--threads", "1", "--warmup", "1", "--iters", "2",
+               "--repeats", "2", "--workdir", str(tmp_path / "w"), "--json", str(out)])
+    assert rc == 0
+    records = json.loads(out.read_text())
+    by = {r["framework"]: r for r in records}
+    assert set(by) == {"torch", "gluon", "gluonnlp", "bogus"} and "error" in by["bogus"]
+    for fw in ("torch", "gluon", "gluonnlp"):
+        assert by[fw]["tokens_per_s"] > 0 and by[fw]["threads"] == 1, by[fw]
+    assert "mxnet" in by["gluon"]["versions"] and "torch" in by["torch"]["versions"]
+    assert (tmp_path / "tp.md").read_text().startswith("| framework |")
+    assert "tokens/s" in capsys.readouterr().out
