@@ -576,6 +576,63 @@ def clip_factor(norm: float, clip_norm: float) -> float:
     return min(1.0, clip_norm / (norm + 1e-8)) if clip_norm > 0 else 1.0
 
 
+# ------------------------------------------------------------------------- Backend helpers
+
+def options_from_hparams(hparams: Dict, steps: int) -> PretrainOptions:
+    """PretrainOptions for `Backend.train_mlm` (bort_core.backend's hparams; no files written)."""
+    keys = ("lr", "weight_decay", "warmup_ratio", "seed", "clip_norm", "temperature",
+            "mlm_weight", "teacher_ce_weight", "kd_loss", "accumulate")
+    values = {k: hparams[k] for k in keys if hparams.get(k) is not None}
+    return PretrainOptions(num_steps=steps, ckpt_dir="", progress=False, tensorboard=False,
+                           log_interval=steps, **values)
+
+
+def evaluation_row(result: Dict[str, float]) -> Dict[str, float]:
+    """`evaluate`'s statistics under the Backend protocol's names."""
+    row = {"mlm_loss": result["mlm_loss"], "mlm_acc": result["mlm_acc"]}
+    if "teacher_ce" in result:
+        row["kd_loss"] = result["teacher_ce"]
+    return row
+
+
+class BackendBase:
+    """The Backend methods written once: MLM through a framework's pretraining `Engine`
+    (set as `engine` by the subclass), classification through its `finetune` module."""
+
+    name = ""
+    engine = None
+
+    def train_mlm(self, model, batches, steps: int, hparams: Dict, teacher=None):
+        engine = self.engine(options_from_hparams(hparams, steps), model, teacher)
+        return run_pretraining(engine, engine.opt_, BatchList(batches))
+
+    def evaluate_mlm(self, model, batches, teacher=None) -> Dict[str, float]:
+        engine = self.engine(options_from_hparams({}, 1), model, teacher)
+        return evaluation_row(evaluate(engine, BatchList(batches)))
+
+    def _finetune(self):
+        from bort_core.cli import load_framework
+        return load_framework(self.name, "finetune")
+
+    def train_classifier(self, model, batches, steps: int, hparams: Dict):
+        return self._finetune().train_classifier(model, batches, steps, hparams)
+
+    def predict(self, model, batches):
+        return self._finetune().predict(model, batches)
+
+
+def median_seconds(fn, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return float(np.median(times))
+
+
 # ----------------------------------------------------------------------------------- logging
 
 class EventLog:

@@ -9,7 +9,7 @@ the torch twin only; see the README's deviations).
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import mxnet as mx
 import numpy as np
@@ -45,22 +45,16 @@ def distillation_terms(logits, teacher_logits, ids, weights, normalizer, tempera
 class Engine(core.Engine):
     """Student (+ frozen teacher) and BERTAdam on one worker; see bort_core.pretrain.Engine."""
 
-    def __init__(self, options: core.PretrainOptions, student, params, teacher=None,
-                 teacher_params=None, rank: int = 0, world: int = 1, ctx=None):
+    def __init__(self, options: core.PretrainOptions, model: BortModel,
+                 teacher: Optional[BortModel] = None, rank: int = 0, world: int = 1):
         if options.dtype != "float32":
             raise ValueError("--dtype %s: bort_gluon pretrains in float32; float16/bfloat16 "
                              "runs use --framework torch" % options.dtype)
         self.opt_, self.rank, self.world = options, rank, world
-        self.ctx = ctx or mx.cpu()
-        self.model = BortModel(student)
-        initialize_like_release(self.model, self.ctx)
-        set_params(self.model, params, options.init or "initial parameters")
-        self.teacher = None
+        self.model, self.teacher = model, teacher
+        self.ctx = list(model.collect_params().values())[0].list_ctx()[0]
         if teacher is not None:
-            self.teacher = BortModel(teacher)
-            initialize_like_release(self.teacher, self.ctx)
-            set_params(self.teacher, teacher_params, options.teacher)
-            self.teacher.collect_params().setattr("grad_req", "null")
+            teacher.collect_params().setattr("grad_req", "null")
         self.named = named_parameters(self.model)
         self.order = list(self.named)
         for name, p in self.named.items():
@@ -166,10 +160,22 @@ def init_distributed():
     return hvd.rank(), hvd.size(), mx.gpu(hvd.local_rank()) if gpu else mx.cpu()
 
 
+def build_model(config, params, ctx=None, source: str = "<params>") -> BortModel:
+    """An initialised BortModel holding canonical `params`, on `ctx`."""
+    model = BortModel(config)
+    initialize_like_release(model, ctx or mx.cpu())
+    set_params(model, params, source)
+    return model
+
+
 def build_engine(options: core.PretrainOptions, rank: int = 0, world: int = 1, ctx=None):
     """(engine, student config): models resolved and checked by bort_core.pretrain."""
     student, params, teacher, teacher_params = core.resolve_models(options)
-    return Engine(options, student, params, teacher, teacher_params, rank, world, ctx), student
+    model = build_model(student, params, ctx, options.init or "initial parameters")
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = build_model(teacher, teacher_params, ctx, options.teacher)
+    return Engine(options, model, teacher_model, rank, world), student
 
 
 def pretrain(options: core.PretrainOptions, ctx=None) -> List[Dict]:

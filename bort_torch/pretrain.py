@@ -41,7 +41,9 @@ class BERTAdam(torch.optim.Optimizer):
                 m, v, g = state["mean"], state["var"], p.grad
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                p.sub_(group["lr"] * (m / (v.sqrt() + group["eps"]) + group["weight_decay"] * p))
+                update = v.sqrt().add_(group["eps"])         # one temporary per tensor
+                torch.div(m, update, out=update).add_(p, alpha=group["weight_decay"])
+                p.sub_(update, alpha=group["lr"])
 
 
 def distillation_terms(logits, teacher_logits, ids, weights, normalizer, temperature, kd_loss):
@@ -68,18 +70,15 @@ def distillation_terms(logits, teacher_logits, ids, weights, normalizer, tempera
 class Engine(core.Engine):
     """Student (+ frozen teacher) and BERTAdam on one worker; see bort_core.pretrain.Engine."""
 
-    def __init__(self, options: core.PretrainOptions, student, params, teacher=None,
-                 teacher_params=None, rank: int = 0, world: int = 1, device=None):
+    def __init__(self, options: core.PretrainOptions, model: BortModel,
+                 teacher: Optional[BortModel] = None, rank: int = 0, world: int = 1):
         self.opt_, self.rank, self.world = options, rank, world
-        self.device = torch.device(device or "cpu")
-        self.model = BortModel(student).to(self.device)
-        set_params(self.model, params, options.init or "initial parameters")
-        self.model.train()
-        self.teacher = None
+        self.device = next(model.parameters()).device
+        self.model = model.train()
+        self.teacher = teacher
         if teacher is not None:
-            self.teacher = BortModel(teacher).to(self.device).eval()
-            set_params(self.teacher, teacher_params, options.teacher)
-            for p in self.teacher.parameters():
+            teacher.eval()
+            for p in teacher.parameters():
                 p.requires_grad_(False)
         # canonical name -> parameter; named_parameters lists the tied decoder weight once
         self.named = {canonical_name(n): p for n, p in self.model.named_parameters()}
@@ -208,11 +207,22 @@ def init_distributed():
     return rank, world, "cpu"
 
 
+def build_model(config, params, device=None, source: str = "<params>") -> BortModel:
+    """A BortModel holding canonical `params`, on `device`."""
+    model = BortModel(config).to(device or "cpu")
+    set_params(model, params, source)
+    return model
+
+
 def build_engine(options: core.PretrainOptions, rank: int = 0, world: int = 1,
                  device: Optional[str] = None):
     """(engine, student config): models resolved and checked by bort_core.pretrain."""
     student, params, teacher, teacher_params = core.resolve_models(options)
-    return Engine(options, student, params, teacher, teacher_params, rank, world, device), student
+    model = build_model(student, params, device, options.init or "initial parameters")
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = build_model(teacher, teacher_params, device, options.teacher)
+    return Engine(options, model, teacher_model, rank, world), student
 
 
 def pretrain(options: core.PretrainOptions, device: Optional[str] = None) -> List[Dict]:

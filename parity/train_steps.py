@@ -32,10 +32,10 @@ def make_batches(num, batch_size, seq_len, num_masked, vocab_size, seed=0):
 def run(framework, options, student, params, teacher, teacher_params, batches):
     """(per-step rows, final canonical params) of `options.num_steps` steps."""
     if framework == "gluon":
-        from bort_gluon.pretrain import Engine
+        from bort_gluon.pretrain import Engine, build_model
     else:
-        from bort_torch.pretrain import Engine
-    engine = Engine(options, student, params, teacher, teacher_params)
+        from bort_torch.pretrain import Engine, build_model
+    engine = Engine(options, build_model(student, params), build_model(teacher, teacher_params))
     rows = core.run_pretraining(engine, options, core.BatchList(batches))
     return rows, engine.params()
 
