@@ -20,7 +20,7 @@ Approximation guarantee as implemented: every member of Xi lies fewer than eps r
 candidate, so if W changes by at most a factor rho between p-neighbours, the returned W is at
 least W* / rho**(ceil(eps) - 1) (eps = 1 is exhaustive). tests/core/test_extraction.py checks it.
 
-Initial weights are drawn here in numpy (`initial_params`) and handed to the backend as a
+Initial weights are drawn in numpy (`bort_core.pretrain.initial_params`) and handed to the backend as a
 `.params` file, so both frameworks train every candidate from identical weights on identical
 batches: with dropout off, the two rankings agree (tests/parity/test_extraction_parity.py).
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import io
 import itertools
 import json
@@ -39,7 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from bort_core import arch
+from bort_core import arch, pretrain
 from bort_core.checkpoint import save_params
 from bort_core.configs import DEMO_VOCAB_SIZE, BortConfig
 
@@ -251,86 +250,45 @@ def pareto_front(rows: Sequence[Dict], keys=("p", "i", "e")) -> List[Dict]:
 
 # ------------------------------------------------------------------------------------ data
 
-def initial_params(config: BortConfig, seed: int, sigma: float = 0.02) -> Dict[str, np.ndarray]:
-    """Canonical MLM parameters initialised as the release did (normal(0, sigma) weights and
-    embeddings, zero biases and betas, unit gammas), from numpy: identical in both frameworks."""
-    rng = np.random.RandomState(seed)
-    out = {}
-    for name, shape in arch.canonical_shapes(config).items():
-        if name.endswith(".gamma"):
-            out[name] = np.ones(shape, np.float32)
-        elif name.endswith((".beta", ".bias")):
-            out[name] = np.zeros(shape, np.float32)
-        else:
-            out[name] = rng.normal(0.0, sigma, shape).astype(np.float32)
+def load_data(patterns: Sequence[str], vocab_size: int, flag: str = "--data") -> Dict:
+    """Masked-LM instances of 2020-format `.npz` shards (globs, sorted), validated against
+    `vocab_size` by `bort_core.pretrain.load_shard`, merged into one shard dict."""
+    try:
+        files = pretrain.expand_shards(",".join(patterns))
+    except FileNotFoundError as err:
+        raise FileNotFoundError("%s: %s" % (flag, err)) from None
+    shards = [pretrain.load_shard(path, vocab_size) for path in files]
+    data = {k: [x for shard in shards for x in shard[k]] for k in pretrain.REQUIRED_FIELDS[:-1]}
+    data["valid_lengths"] = np.concatenate([shard["valid_lengths"] for shard in shards])
+    if not len(data["valid_lengths"]):
+        raise ValueError("%s: no instances in %s" % (flag, ", ".join(files)))
+    return data
+
+
+def subset(data: Dict, rows) -> Dict:
+    """The instances `rows` of a shard dict, as a shard dict."""
+    rows = np.asarray(rows)
+    out = {k: [data[k][r] for r in rows] for k in pretrain.REQUIRED_FIELDS[:-1]}
+    out["valid_lengths"] = data["valid_lengths"][rows]
     return out
 
 
-def load_instances(patterns: Sequence[str], flag: str = "--data") -> List[Dict[str, np.ndarray]]:
-    """Masked-LM instances from 2020-format `.npz` shards (globs), in sorted file order."""
-    paths = sorted({p for pat in patterns for p in (glob.glob(pat) or [pat])})
-    out = []
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError("%s: %s does not exist" % (flag, path))
-        try:
-            data = np.load(path, allow_pickle=True)
-        except (OSError, ValueError) as err:
-            raise ValueError("%s: %s is not an .npz shard (%s)" % (flag, path, err)) from None
-        with data:
-            need = ("input_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights")
-            missing = [k for k in need if k not in data.files]
-            if missing:
-                raise ValueError("%s: %s lacks field(s) %s" % (flag, path, ", ".join(missing)))
-            fields = {k: data[k] for k in need}
-        for j in range(len(fields["input_ids"])):
-            out.append({k: np.asarray(v[j]) for k, v in fields.items()})
-    if not out:
-        raise ValueError("%s: no instances in %s" % (flag, ", ".join(patterns)))
-    return out
-
-
-def check_vocab(instances: Sequence[Dict], vocab_size: int, flag: str = "--data") -> None:
-    """Every token id must index the search space's embedding."""
-    top = max(int(x["input_ids"].max()) for x in instances)
-    if top >= vocab_size:
-        raise ValueError("%s: token id %d does not fit the search space's vocab_size %d (data "
-                         "made with another vocabulary?)" % (flag, top, vocab_size))
-
-
-def collate(instances: Sequence[Dict]) -> Dict[str, np.ndarray]:
-    """One MLM batch (Backend protocol format), padded to the longest instance with 0."""
-    b = len(instances)
-    length = max(len(x["input_ids"]) for x in instances)
-    masks = max(len(x["masked_lm_ids"]) for x in instances)
-    batch = {"input_ids": np.zeros((b, length), np.int32), "valid_length": np.zeros(b, np.int32),
-             "masked_positions": np.zeros((b, masks), np.int32),
-             "masked_ids": np.zeros((b, masks), np.int32),
-             "masked_weights": np.zeros((b, masks), np.float32)}
-    for r, x in enumerate(instances):
-        n, m = len(x["input_ids"]), len(x["masked_lm_ids"])
-        batch["input_ids"][r, :n] = x["input_ids"]
-        batch["valid_length"][r] = n
-        batch["masked_positions"][r, :m] = x["masked_lm_positions"]
-        batch["masked_ids"][r, :m] = x["masked_lm_ids"]
-        batch["masked_weights"][r, :m] = x["masked_lm_weights"]
-    return batch
-
-
-def train_batches(instances: Sequence[Dict], batch_size: int, steps: int, seed: int) -> List[Dict]:
-    """`steps` batches: passes over the instances, each in a seeded random order."""
+def train_batches(data: Dict, batch_size: int, steps: int, seed: int) -> List[Dict]:
+    """`steps` MLM batches (Backend protocol layout): passes over the instances, each in a
+    seeded random order."""
     rng = np.random.RandomState(seed)
     order, out = [], []
     for _ in range(steps):
-        if len(order) < batch_size:
-            order.extend(rng.permutation(len(instances)).tolist())
-        out.append(collate([instances[j] for j in order[:batch_size]]))
+        while len(order) < batch_size:
+            order.extend(rng.permutation(len(data["valid_lengths"])).tolist())
+        out.append(pretrain.collate(data, np.array(order[:batch_size])))
         del order[:batch_size]
     return out
 
 
-def eval_batches(instances: Sequence[Dict], batch_size: int = 32) -> List[Dict]:
-    return [collate(instances[k:k + batch_size]) for k in range(0, len(instances), batch_size)]
+def eval_batches(data: Dict, batch_size: int = 32) -> List[Dict]:
+    n = len(data["valid_lengths"])
+    return [pretrain.collate(data, np.arange(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
 
 
 # ------------------------------------------------------------------------------ the search
@@ -452,13 +410,13 @@ class Result:
         return self.plan.config(self.best)
 
 
-def extract(backend, plan: Plan, settings: Settings, train_instances: Sequence[Dict],
-            eval_set: Sequence[Dict], out_dir: str, teacher=None, resume: bool = False,
-            progress: bool = True) -> Result:
+def extract(backend, plan: Plan, settings: Settings, train_data: Dict, eval_data: Dict,
+            out_dir: str, teacher=None, resume: bool = False, progress: bool = True) -> Result:
     """Train every candidate of `plan` for settings.steps steps per theta, score and rank.
 
-    Finished trainings are logged in `out_dir` as they complete; with `resume` they are read
-    back instead of retrained. The backend sees only configs, numpy batches and paths.
+    `train_data`, `eval_data`: shard dicts (`load_data`). Finished trainings are logged in
+    `out_dir` as they complete; with `resume` they are read back instead of retrained. The
+    backend sees only configs, numpy batches and paths.
     """
     from tqdm import tqdm
 
@@ -467,7 +425,7 @@ def extract(backend, plan: Plan, settings: Settings, train_instances: Sequence[D
     init_path = os.path.join(out_dir, "init.params")
     if os.path.exists(init_path):   # left by a crash: may belong to another candidate
         os.remove(init_path)
-    eval_b = eval_batches(eval_set)
+    eval_b = eval_batches(eval_data)
     batches = {}
 
     def measured_latency(row):
@@ -497,9 +455,9 @@ def extract(backend, plan: Plan, settings: Settings, train_instances: Sequence[D
             if done is None:
                 key = (theta["batch_size"], theta.get("seed", settings.seed))
                 if key not in batches:
-                    batches[key] = train_batches(train_instances, key[0], settings.steps, key[1])
+                    batches[key] = train_batches(train_data, key[0], settings.steps, key[1])
                 if not os.path.exists(init_path):   # one initial state per candidate
-                    save_params(init_path, initial_params(config, settings.seed))
+                    save_params(init_path, pretrain.initial_params(config, settings.seed))
                 model = backend.load(config, init_path)
                 start = time.time()
                 history = backend.train_mlm(model, batches[key], settings.steps, dict(theta),

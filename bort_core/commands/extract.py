@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from bort_core import extraction as ose
 
 
@@ -123,16 +125,15 @@ def run(args):
         if teacher_config.vocab_size != vocab:
             raise ValueError("--teacher: %s has a vocabulary of %d entries, the search space's "
                              "students %d" % (args.teacher, teacher_config.vocab_size, vocab))
-    train = ose.load_instances(args.data, "--data")
+    train = ose.load_data(args.data, vocab, "--data")
     if args.eval_data:
-        held_out = ose.load_instances(args.eval_data, "--eval-data")
+        held_out = ose.load_data(args.eval_data, vocab, "--eval-data")
     else:
-        if not 0 < args.eval_size < len(train):
-            raise ValueError("--eval-size must be in [1, %d) for --data with %d instances"
-                             % (len(train), len(train)))
-        train, held_out = train[:-args.eval_size], train[-args.eval_size:]
-    ose.check_vocab(train, vocab, "--data")
-    ose.check_vocab(held_out, vocab, "--eval-data" if args.eval_data else "--data")
+        n = len(train["valid_lengths"])
+        if not 0 < args.eval_size < n:
+            raise ValueError("--eval-size must be in [1, %d) for --data with %d instances" % (n, n))
+        train, held_out = ose.subset(train, np.arange(n - args.eval_size)), \
+            ose.subset(train, np.arange(n - args.eval_size, n))
 
     from bort_core.backend import get_backend
     backend = get_backend(args.framework)
