@@ -31,9 +31,9 @@ lr * (1 - s / N).
 Data: every batch of every shard, every epoch (the release used only the first batch of each
 file: bug P1). Per epoch the shards are visited in a seeded order; each shard is cut into
 length buckets and bucket batches (`bucket_batches`), shuffled with the same seed. A batch is a
-GLOBAL batch: worker r of W trains on `np.array_split(rows, W)[r]`, so W workers compute exactly
-what one worker computes on the same batch (and the release's per-file split, which made the
-data order depend on W, is gone).
+GLOBAL batch: worker r of W trains on `np.array_split(rows, W)[r]` (a worker left without rows
+adds nothing but still takes part in the all-reduce), so W workers see the same batches as one
+worker and compute the same update (the release's per-file split made the data depend on W).
 
 Checkpoints (`ckpt_dir/%07d.*`, step = optimizer steps done): `.params` the student in canonical
 names (the 2020 `.params` format, loadable by either framework), `.states` BERTAdam's moments in
@@ -244,15 +244,14 @@ def write_synthetic_shard(path: str, num: int, vocab_size: int, seed: int = 0,
 
 
 def bucket_batches(lengths: np.ndarray, tokens_per_batch: int, num_buckets: int,
-                   rng: np.random.RandomState, use_avg_len: bool = True,
-                   min_rows: int = 1) -> List[np.ndarray]:
+                   rng: np.random.RandomState, use_avg_len: bool = True) -> List[np.ndarray]:
     """Index arrays covering every instance exactly once, grouped by length.
 
     Bucket keys are `num_buckets` evenly spaced lengths up to the longest (as GluonNLP's
     FixedBucketSampler); an instance goes to the first bucket whose key is >= its length. A
-    bucket's batch holds max(min_rows, tokens_per_batch // L) rows, L the bucket's mean length
-    (`use_avg_len`, the release's default) or its key (so a padded batch never exceeds the
-    budget). Rows are shuffled inside buckets and batches across buckets by `rng`.
+    bucket is cut into balanced batches of at most max(1, tokens_per_batch // L) rows, L the
+    bucket's mean length (`use_avg_len`, the release's default) or its key (so a padded batch
+    never exceeds the budget). Rows are shuffled inside buckets and batches across buckets.
     """
     lengths = np.asarray(lengths)
     if len(lengths) == 0:
@@ -268,8 +267,8 @@ def bucket_batches(lengths: np.ndarray, tokens_per_batch: int, num_buckets: int,
             continue
         rng.shuffle(members)
         size = float(lengths[members].mean()) if use_avg_len else float(key)
-        rows = max(min_rows, int(tokens_per_batch // max(size, 1.0)))
-        batches.extend(members[i:i + rows] for i in range(0, len(members), rows))
+        rows = max(1, int(tokens_per_batch // max(size, 1.0)))
+        batches.extend(np.array_split(members, -(-len(members) // rows)))   # balanced sizes
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
 
@@ -299,13 +298,11 @@ class BatchStream:
     Shards are read lazily and one at a time (the current one stays cached)."""
 
     def __init__(self, files: Sequence[str], tokens_per_batch: int, num_buckets: int = 20,
-                 use_avg_len: bool = True, seed: int = 0, vocab_size: Optional[int] = None,
-                 min_rows: int = 1):
+                 use_avg_len: bool = True, seed: int = 0, vocab_size: Optional[int] = None):
         if not files:
             raise ValueError("no shard files given")
         self.files, self.seed, self.vocab_size = list(files), seed, vocab_size
-        self.tokens, self.buckets, self.avg, self.min_rows = (tokens_per_batch, num_buckets,
-                                                              use_avg_len, min_rows)
+        self.tokens, self.buckets, self.avg = tokens_per_batch, num_buckets, use_avg_len
         self._cache = (None, None)
         self._counts = None
 
@@ -317,7 +314,7 @@ class BatchStream:
     def _plan(self, epoch, path):
         rng = np.random.RandomState([self.seed, epoch, self.files.index(path)])
         return bucket_batches(self.shard(path)["valid_lengths"], self.tokens, self.buckets, rng,
-                              self.avg, self.min_rows)
+                              self.avg)
 
     def epoch_files(self, epoch):
         order = np.random.RandomState([self.seed, epoch]).permutation(len(self.files))
@@ -362,15 +359,13 @@ class BatchList:
             position += 1
 
 
-def worker_slice(batch: Dict[str, np.ndarray], rank: int, world: int) -> Dict[str, np.ndarray]:
-    """Worker `rank`'s rows of a global batch (`np.array_split` order)."""
+def worker_slice(batch: Dict[str, np.ndarray], rank: int, world: int):
+    """Worker `rank`'s rows of a global batch (`np.array_split` order); None when a batch has
+    fewer rows than workers and this one gets none (it then adds nothing but still syncs)."""
     if world == 1:
         return batch
     rows = np.array_split(np.arange(len(batch["valid_length"])), world)[rank]
-    if not len(rows):
-        raise ValueError("a batch of %d rows cannot feed %d workers; raise --tokens-per-batch"
-                         % (len(batch["valid_length"]), world))
-    return {k: v[rows] for k, v in batch.items()}
+    return {k: v[rows] for k, v in batch.items()} if len(rows) else None
 
 
 # ------------------------------------------------------------------------------ loss oracle
@@ -548,13 +543,12 @@ def resolve_models(options: PretrainOptions):
     return student, params, teacher, teacher_params
 
 
-def make_streams(options: PretrainOptions, vocab_size: int, world: int = 1):
+def make_streams(options: PretrainOptions, vocab_size: int):
     """(train stream, eval stream or None), every shard loaded and validated once."""
     if not options.data:
         raise ValueError("--data: give the training shards (e.g. 'shards/part-*.npz')")
     kw = dict(tokens_per_batch=options.tokens_per_batch, num_buckets=options.num_buckets,
-              use_avg_len=options.use_avg_len, seed=options.seed, vocab_size=vocab_size,
-              min_rows=world)
+              use_avg_len=options.use_avg_len, seed=options.seed, vocab_size=vocab_size)
     stream = BatchStream(expand_shards(options.data), **kw)
     stream.validate()
     eval_stream = None
@@ -684,6 +678,7 @@ class Engine:
 
     rank = 0
     world = 1
+    teacher = None    # the teacher model, when distilling
 
     def params(self) -> Dict[str, np.ndarray]:
         """The student's canonical parameters."""
@@ -715,9 +710,15 @@ STAT_KEYS = ("loss", "mlm_loss", "mlm_acc", "teacher_ce", "teacher_mse", "tokens
 
 
 def _merge(engine, stats: List[Dict]) -> Dict[str, float]:
-    keys = [k for k in STAT_KEYS if k in stats[0]]
-    totals = engine.allreduce([sum(s[k] for s in stats) for k in keys])
+    keys = [k for k in STAT_KEYS if engine.teacher is not None or not k.startswith("teacher")]
+    totals = engine.allreduce([sum(s.get(k, 0.0) for s in stats) for k in keys])
     return dict(zip(keys, totals))
+
+
+def _local(engine, method, batch, *args) -> Dict[str, float]:
+    """`engine.method(this worker's rows, *args)`, or no statistics when it has no rows."""
+    rows = worker_slice(batch, engine.rank, engine.world)
+    return {} if rows is None else method(rows, *args)
 
 
 def normalizer(batch: Dict[str, np.ndarray]) -> float:
@@ -730,8 +731,7 @@ def evaluate(engine: Engine, stream: BatchStream) -> Dict[str, float]:
     sums, total = {}, 0.0
     for batch in stream.batches(0, epochs=1):
         n = normalizer(batch)
-        stats = engine.evaluate(worker_slice(batch, engine.rank, engine.world), n)
-        merged = _merge(engine, [stats])
+        merged = _merge(engine, [_local(engine, engine.evaluate, batch, n)])
         for k, v in merged.items():
             sums[k] = sums.get(k, 0.0) + (v * n if k != "tokens" else v)
         total += n
@@ -769,9 +769,8 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
             stats = []
             for _ in range(options.accumulate):
                 batch = next(batches)
-                stats.append(engine.backward(worker_slice(batch, engine.rank, engine.world),
-                                             normalizer(batch) * options.accumulate,
-                                             scaler.scale))
+                stats.append(_local(engine, engine.backward, batch,
+                                    normalizer(batch) * options.accumulate, scaler.scale))
             row = _merge(engine, stats)     # means over the micro-batches (normalised by n*acc)
             result = engine.update(lr, scaler.scale)
             if not result["finite"] and not scaler.enabled:

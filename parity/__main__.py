@@ -10,7 +10,6 @@ compute what bort_torch does, and how fast?
   python -m parity grads --config bort_4_8_768_1024
   python -m parity throughput --frameworks torch,gluon,hf --batch 8 --seq 128 --json tp.json
   python -m parity train-steps --steps 20
-  python -m parity train-steps --steps 20
 
 `compare` and `grads` exit 1 when a tap or a gradient is beyond tolerance.
 """
@@ -178,19 +177,6 @@ def cmd_train_steps(args):
     return 0 if report["ok"] else 1
 
 
-def cmd_train_steps(args):
-    from parity import train_steps
-
-    report = train_steps.train_steps(args.student, args.teacher, args.steps, args.batch_size,
-                                     args.seq_len, args.num_masked, args.seed, args.kd_loss,
-                                     args.lr)
-    train_steps.print_report(report, args.show)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return 0 if report["ok"] else 1
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -277,24 +263,6 @@ def build_parser():
     p.add_argument("--workdir", help="where the checkpoint and exports go (default: a temp dir)")
     p.add_argument("--json", help="write the records here, plus a .md table and a .png chart")
     p.set_defaults(run=cmd_throughput)
-    p = sub.add_parser("train-steps", help="N pretraining steps in each framework from the same "
-                       "weights on the same batches (dropout off): per-step losses, final params")
-    p.add_argument("--student", default="bort_4_8_768_1024", help="student config (full size "
-                   "by default)")
-    p.add_argument("--teacher", default="bort_2_4_512_256", help="teacher config, random weights, "
-                   "the student's vocabulary (default %(default)s, small)")
-    p.add_argument("--steps", type=int, default=20, help="optimizer steps (default 20)")
-    p.add_argument("--batch-size", type=int, default=2, help="rows per batch (default 2)")
-    p.add_argument("--seq-len", type=int, default=16, help="padded length (default 16)")
-    p.add_argument("--num-masked", type=int, default=4, help="prediction slots per row, the last "
-                   "one padding (default 4)")
-    p.add_argument("--kd-loss", default="kl", choices=("kl", "release"),
-                   help="distillation term (default kl)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    p.add_argument("--seed", type=int, default=0, help="weights and batches seed")
-    p.add_argument("--show", type=int, default=5, help="parameter rows to print")
-    p.add_argument("--json", help="write the report as JSON")
-    p.set_defaults(run=cmd_train_steps)
     p = sub.add_parser("train-steps", help="N pretraining steps in each framework from the same "
                        "weights on the same batches (dropout off): per-step losses, final params")
     p.add_argument("--student", default="bort_4_8_768_1024", help="student config (full size "

@@ -4,7 +4,8 @@
 
 Builds a base input of about --base-mb MB by repeating the embedded demo corpus, and one --scale
 times larger, then runs the command on each in a fresh process (--num-outputs grown with the
-input, so every shard holds the same number of instances). Reports output tokens per second and
+input, so every shard holds the same number of instances; --same-outputs keeps it fixed, and
+then the peak grows with the one shard that is assembled in memory). Reports output tokens per second and
 the peak resident memory of the whole process tree (main process + workers, sampled every 50 ms
 from /proc), as JSON. Memory should stay flat while the input grows --scale times.
 """
@@ -72,6 +73,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--outputs-per-base", type=int, default=1,
                         help="shards for the base input (the larger one gets scale times more)")
+    parser.add_argument("--same-outputs", action="store_true",
+                        help="keep --num-outputs fixed instead (shards then grow with the input)")
     parser.add_argument("--max-seq-length", type=int, default=512)
     args = parser.parse_args(argv)
     results = []
@@ -80,7 +83,8 @@ def main(argv=None):
             path = os.path.join(tmp, "input-%dx.txt" % factor)
             make_input(path, args.base_mb * factor)
             results.append(run(path, os.path.join(tmp, "out-%dx" % factor), args.workers,
-                               args.outputs_per_base * factor, args.max_seq_length))
+                               args.outputs_per_base * (1 if args.same_outputs else factor),
+                               args.max_seq_length))
             os.remove(path)
     report = {"machine": "%s, %d CPUs, Python %s" % (platform.platform(), os.cpu_count(),
                                                      platform.python_version()),
