@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from bort_core.agora import GENERATORS, AgoraOptions
+from bort_core.data.tasks import get_task
 from bort_core.finetune import CLASSIFIER_INITS, DTYPES, FinetuneOptions, str2bool
 
 
@@ -123,7 +124,9 @@ def run_finetune(args):
     from bort_core.backend import get_backend
     from bort_core.finetune import run_finetune as run
 
-    result = run(get_backend(args.framework), finetune_options(args), progress=not args.quiet)
+    options = finetune_options(args)
+    get_task(options.task)    # bad names and values fail before a framework is imported
+    result = run(get_backend(args.framework), options, progress=not args.quiet)
     for split, metrics in result["dev"].items():
         print("dev %s: %s" % (split, _fmt(metrics)))
     for split, info in result["test"].items():
@@ -142,6 +145,7 @@ def run_agora(args):
     base = finetune_options(args)
     options = AgoraOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AgoraOptions)
                               if getattr(args, f.name, None) is not None})
+    get_task(base.task)
     backend = get_backend(args.framework)
     mlm_logits = None
     if "mlm" in options.generator:
