@@ -16,6 +16,7 @@ COMMANDS = {
     "create-pretraining-data": "bort_core.commands.data",
     "data": "bort_core.commands.data",
     "convert": "bort_core.convert",
+    "reproduce": "bort_core.reproduce",
     "export-onnx": "bort_core.commands.export_onnx",
     "pretrain": "bort_core.commands.pretrain",
     "extract": "bort_core.commands.extract",

@@ -1,0 +1,547 @@
+"""`bort reproduce`: the 2020 Bort pipeline end to end, in miniature, in one or both frameworks.
+
+Stages (each writes `OUT/<stage>/done.json` last, so an interrupted run resumes where it stopped):
+  data        masked-LM shards from the corpus, every tenth document held out for evaluation
+  teacher     a teacher pretrained (teacherless MLM) by the first framework, or a given checkpoint
+  extract     OSE/FPTAS over the search space, candidates distilled from the teacher
+  pretrain    distillation pretraining of the extracted architecture (held-out loss before/after)
+  finetune    per task: plain fine-tuning, then Agora with the plain model as reference
+  parity      gluon vs torch: training steps, extraction rankings, pretrained losses, layer taps
+Then summary.md, summary.json and plots (Pareto front, loss curves, per-layer parity error).
+Extraction, pretraining and fine-tuning run once per framework (`OUT/<stage>-<framework>/`).
+Every command a stage runs is a public `bort` or `python -m parity` command, printed first.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Dict, List
+
+from bort_core.configs import get_config
+
+DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo")
+
+PRESETS = {
+    "demo": {
+        "corpus": [os.path.join(DEMO_DIR, "corpus.txt")],
+        "vocab": None,                       # the embedded demo vocabulary
+        "max_seq_length": 128,
+        "max_predictions": 20,
+        "teacher_config": "roberta_tiny",
+        "teacher_checkpoint": None,          # trained here
+        "teacher_steps": 100,
+        "search_space": "tiny",
+        "epsilon": 2.0,
+        "extract_steps": 10,
+        "pretrain_steps": 150,
+        "lr": 2e-3,
+        "tokens_per_batch": 2048,
+        "tasks": ["demo-pair", "demo-single", "demo-regression"],
+        "data_dir": None,                    # the embedded demo tasks
+        "finetune_epochs": 3,
+        "agora_grid": {"lr": [5e-5, 1e-4], "seed": [0, 1]},
+        "agora_epochs": 2,
+        "agora_rounds": 2,
+    },
+    "paper": {
+        "corpus": None, "vocab": None, "max_seq_length": 512, "max_predictions": 80,
+        "teacher_config": "roberta_24_1024_16", "teacher_checkpoint": None, "teacher_steps": 0,
+        "search_space": "bort", "epsilon": 1.0, "extract_steps": 300, "pretrain_steps": 2000000,
+        "lr": 1e-4, "tokens_per_batch": 1024,
+        "tasks": ["mrpc", "rte", "sst-2", "cola", "sts-b", "qnli", "qqp", "mnli", "wnli"],
+        "data_dir": None, "finetune_epochs": 3, "agora_grid": "release", "agora_epochs": 3,
+        "agora_rounds": None,
+    },
+}
+
+# What --preset paper needs, where it is looked for, and where to get it.
+PAPER_FILES = [
+    ("teacher", "roberta_24_1024_16.params",
+     "RoBERTa-large in GluonNLP's .params format (the model zoo's roberta_24_1024_16 "
+     "openwebtext_ccnews_stories_books_cased file; or convert fairseq's roberta.large)"),
+    ("vocab", "roberta_bpe/encoder.json",
+     "GPT-2/RoBERTa byte-level BPE vocabulary (fairseq's gpt2_bpe/encoder.json)"),
+    ("vocab", "roberta_bpe/vocab.bpe", "GPT-2/RoBERTa BPE merges (fairseq's gpt2_bpe/vocab.bpe)"),
+    ("vocab", "roberta_bpe/dict.txt", "fairseq dictionary of RoBERTa (roberta.large/dict.txt)"),
+    ("corpus", "corpus/*.txt",
+     "pretraining text, one sentence per line, blank line between documents (e.g. Wikipedia "
+     "+ BookCorpus as the 2020 run used)"),
+    ("glue", "glue/MRPC/train.tsv", "GLUE data (gluebenchmark.com/tasks; one folder per task)"),
+]
+
+
+def _say(msg: str) -> None:
+    print("[reproduce] " + msg, flush=True)
+
+
+class Run:
+    """The output directory: settings, stage markers, atomic JSON."""
+
+    def __init__(self, out: str, settings: Dict, overwrite: bool):
+        self.out = out
+        path = os.path.join(out, "settings.json")
+        if os.path.exists(path) and not overwrite:
+            with open(path) as f:
+                previous = json.load(f)
+            if previous != settings:
+                changed = sorted(k for k in set(previous) | set(settings)
+                                 if previous.get(k) != settings.get(k))
+                raise ValueError("%s holds a previous run with other settings (%s); pass "
+                                 "--overwrite to start afresh, or the same settings to resume"
+                                 % (out, ", ".join(changed)))
+            _say("resuming the run in %s" % out)
+        elif os.path.isdir(out) and os.listdir(out) and not overwrite:
+            raise ValueError("%s is not empty and holds no bort reproduce run; pass --overwrite "
+                             "to replace it" % out)
+        elif overwrite and os.path.isdir(out):
+            shutil.rmtree(out)
+        os.makedirs(out, exist_ok=True)
+        self.write(path, settings)
+
+    def dir(self, stage: str) -> str:
+        path = os.path.join(self.out, stage)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def done(self, stage: str):
+        path = os.path.join(self.out, stage, "done.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        return None
+
+    def finish(self, stage: str, result: Dict) -> Dict:
+        self.write(os.path.join(self.dir(stage), "done.json"), result)
+        return result
+
+    @staticmethod
+    def write(path: str, data) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+
+def bort(*args) -> None:
+    """Run one public `bort` command in this process; a failure stops the run."""
+    from bort_core.cli import main
+
+    argv = [str(a) for a in args]
+    _say("$ bort " + " ".join(argv))
+    code = main(argv)
+    if code:
+        raise RuntimeError("`bort %s` failed with exit code %d" % (" ".join(argv), code))
+
+
+def stage(run: Run, name: str, body, *args):
+    """Run `body(*args)` unless the stage finished before; its dict result is the stage's
+    record."""
+    previous = run.done(name)
+    if previous is not None:
+        _say("stage %s: done before, skipped" % name)
+        return previous
+    _say("stage %s" % name)
+    tic = time.time()
+    result = body(*args)
+    result["seconds"] = round(time.time() - tic, 1)
+    return run.finish(name, result)
+
+
+# ------------------------------------------------------------------------------------ stages
+
+def split_corpus(files: List[str], out: str, every: int = 10) -> Dict[str, str]:
+    """Stream the corpus into train.txt and eval.txt: every `every`-th document (documents are
+    separated by blank lines) is held out for evaluation."""
+    import glob
+
+    paths = {"train": os.path.join(out, "train.txt"), "eval": os.path.join(out, "eval.txt")}
+    with open(paths["train"], "w") as train, open(paths["eval"], "w") as held:
+        doc = 0
+        for path in sorted(p for pattern in files for p in glob.glob(pattern)):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    (held if doc % every == every - 1 else train).write(line)
+                    if not line.strip():
+                        doc += 1
+            train.write("\n")
+            held.write("\n")
+            doc += 1
+    return paths
+
+
+def make_data(run: Run, p: Dict, seed: int) -> Dict:
+    out = run.dir("data")
+    text = split_corpus(p["corpus"], out)
+    common = ["--max-seq-length", p["max_seq_length"], "--max-predictions-per-seq",
+              p["max_predictions"], "--seed", seed, "--quiet"]
+    if p["vocab"]:
+        common += ["--vocab", p["vocab"]]
+    for split, outputs in (("train", 2), ("eval", 1)):
+        bort("create-pretraining-data", "--input", text[split], "--output-dir",
+             os.path.join(out, split), "--num-outputs", outputs, *common)
+    return {"train": os.path.join(out, "train", "*.npz"), "eval": os.path.join(out, "eval", "*.npz")}
+
+
+def _evaluate(framework: str, config, params_path: str, eval_glob: str, teacher=None) -> Dict:
+    """MLM (and distillation) eval metrics of a checkpoint on the held-out shards."""
+    from bort_core.backend import get_backend
+    from bort_core.extraction import eval_batches, load_data
+
+    backend = get_backend(framework)
+    model = backend.load(config, params_path)
+    teacher_model = backend.load(teacher[0], teacher[1]) if teacher else None
+    data = load_data([eval_glob], config.vocab_size, flag="eval shards")
+    return backend.evaluate_mlm(model, eval_batches(data), teacher=teacher_model)
+
+
+def _pretrain(stage_dir: str, framework: str, config, data: Dict, steps: int, p: Dict, seed: int,
+              teacher=None) -> Dict:
+    """`bort pretrain` from seeded initial weights (the same file in every framework), evaluated
+    before and after on the held-out shards."""
+    from bort_core import checkpoint as ckpt
+    from bort_core.pretrain import complete_steps, initial_params
+
+    init = os.path.join(stage_dir, "init.params")
+    if not os.path.exists(init):
+        ckpt.save_params(init, initial_params(config, seed), store_tied_decoder=True)
+    config_path = os.path.join(stage_dir, "config.json")
+    config.to_json(config_path)
+    ckpt_dir = os.path.join(stage_dir, "ckpt")
+    args = ["pretrain", "--framework", framework, "--student", config_path, "--init", init,
+            "--data", data["train"], "--eval-data", data["eval"], "--ckpt-dir", ckpt_dir,
+            "--num-steps", steps, "--tokens-per-batch", p["tokens_per_batch"], "--lr", p["lr"],
+            "--seed", seed, "--ckpt-interval", steps, "--log-interval", max(1, steps // 10),
+            "--no-tensorboard", "--quiet"]
+    if teacher:
+        args += ["--teacher", teacher[1], "--teacher-config", teacher[0].name]
+    before = _evaluate(framework, config, init, data["eval"], teacher)
+    bort(*args)
+    final = os.path.join(ckpt_dir, "%07d.params" % complete_steps(ckpt_dir)[-1])
+    after = _evaluate(framework, config, final, data["eval"], teacher)
+    return {"checkpoint": final, "config": config_path, "eval_before": before,
+            "eval_after": after, "log": os.path.join(ckpt_dir, "log.jsonl")}
+
+
+def train_teacher(run: Run, fw: str, p: Dict, data: Dict, seed: int) -> Dict:
+    """The teacher, trained once (teacherless MLM) by the first framework; every framework
+    distils from this one checkpoint, as every 2020 student distilled from one RoBERTa."""
+    config = get_config(p["teacher_config"])
+    if p["teacher_checkpoint"]:
+        return {"checkpoint": p["teacher_checkpoint"], "config_name": config.name}
+    result = _pretrain(run.dir("teacher"), fw, config, data, p["teacher_steps"], p, seed)
+    result.update(config_name=config.name, framework=fw)
+    return result
+
+
+def extract(run: Run, fw: str, p: Dict, data: Dict, teacher: Dict, seed: int) -> Dict:
+    out = run.dir("extract-" + fw)
+    bort("extract", "--framework", fw, "--search-space", p["search_space"], "--epsilon",
+         p["epsilon"], "--steps", p["extract_steps"], "--lr", p["lr"], "--data", data["train"],
+         "--eval-data", data["eval"], "--teacher", teacher["checkpoint"], "--teacher-config",
+         teacher["config_name"], "--error", "kd", "--seed", seed, "--out", out, "--resume",
+         "--quiet")
+    with open(os.path.join(out, "ranking.json")) as f:
+        ranking = json.load(f)
+    return {"best_config": os.path.join(out, "best_config.json"), "ranking": ranking,
+            "pareto_png": os.path.join(out, "pareto.png")}
+
+
+def finetune(run: Run, fw: str, p: Dict, checkpoint: str, config_path: str, seed: int) -> Dict:
+    """Per task: plain fine-tuning, then Agora with that plain model as its reference."""
+    grid = p["agora_grid"]
+    if isinstance(grid, dict):
+        grid = os.path.join(run.dir("finetune-" + fw), "agora_grid.json")
+        Run.write(grid, p["agora_grid"])
+    rounds = ["--max-rounds", p["agora_rounds"]] if p["agora_rounds"] else []
+    results = {}
+    for task in p["tasks"]:
+        base = ["--framework", fw, "--task", task, "--config", config_path, "--checkpoint",
+                checkpoint, "--seed", seed, "--quiet", "--overwrite"]
+        if p["data_dir"]:
+            base += ["--data-dir", p["data_dir"]]
+        plain_dir = os.path.join(run.dir("finetune-" + fw), task, "plain")
+        bort("finetune", *base, "--output-dir", plain_dir, "--epochs", p["finetune_epochs"])
+        with open(os.path.join(plain_dir, "result.json")) as f:
+            plain = json.load(f)
+        agora_dir = os.path.join(run.dir("finetune-" + fw), task, "agora")
+        bort("agora", *base, "--output-dir", agora_dir, "--epochs", p["agora_epochs"],
+             "--reference-checkpoint", plain["model"], "--reference-config", config_path,
+             "--grid", grid, "--generator", "mlm,swap", *rounds)
+        with open(os.path.join(agora_dir, "result.json")) as f:
+            agora = json.load(f)
+        results[task] = {"plain": plain["dev"], "agora": agora["dev"], "agora_runs": agora["runs"],
+                         "agora_rounds": agora["rounds"]}
+    return {"tasks": results}
+
+
+# ------------------------------------------------------------------------------------ parity
+
+def parity_report(run: Run, records: Dict, seed: int) -> Dict:
+    """gluon vs torch at each stage: the training engines step for step, the extraction
+    rankings, the pretrained students' held-out losses, and one student run by both
+    frameworks layer by layer."""
+    from bort_core.extraction import compare_rankings
+
+    out = run.dir("parity")
+    report = {"train_steps": _train_steps(out, records["teacher"]["config_name"], seed)}
+    ranking = compare_rankings(records["extract-gluon"]["ranking"],
+                               records["extract-torch"]["ranking"])
+    ranking["ok"] = bool(ranking["same_order"] and ranking["max_w_rel_diff"] <= 1e-3)
+    report["extraction"] = ranking
+    losses = {fw: _eval_loss(records["pretrain-" + fw]["eval_after"]) for fw in ("gluon", "torch")}
+    rel = abs(losses["gluon"] - losses["torch"]) / abs(losses["torch"])
+    report["pretrain_eval_loss"] = dict(losses, rel_diff=rel, tolerance=PRETRAIN_LOSS_TOLERANCE,
+                                        ok=rel <= PRETRAIN_LOSS_TOLERANCE)
+    student = records["pretrain-torch"]
+    inputs = os.path.join(out, "inputs.npz")
+    _parity_cli("inputs", "--out", inputs, "--config", student["config"])
+    taps = {}
+    for fw in ("gluon", "torch"):
+        taps[fw] = os.path.join(out, "taps_%s.npz" % fw)
+        _parity_cli("dump", "--framework", fw, "--checkpoint", student["checkpoint"], "--config",
+                    student["config"], "--inputs", inputs, "--out", taps[fw])
+    code = _parity_cli("compare", taps["gluon"], taps["torch"], "--json",
+                       os.path.join(out, "taps.json"), check=False)
+    with open(os.path.join(out, "taps.json")) as f:
+        report["student_taps"] = dict(json.load(f), ok=code == 0)
+    report["ok"] = all(v["ok"] for v in report.values())
+    return report
+
+
+# Both frameworks pretrain the same student from the same weights on the same batches: after
+# 150 steps of float32 Adam their held-out losses agree to this relative tolerance.
+PRETRAIN_LOSS_TOLERANCE = 1e-4
+
+
+def _parity_cli(*args, check=True) -> int:
+    from parity.__main__ import main
+
+    argv = [str(a) for a in args]
+    _say("$ python -m parity " + " ".join(argv))
+    code = main(argv)
+    if check and code:
+        raise RuntimeError("`python -m parity %s` failed (%d)" % (" ".join(argv), code))
+    return code
+
+
+def _train_steps(out: str, config_name: str, seed: int) -> Dict:
+    path = os.path.join(out, "train_steps.json")
+    code = _parity_cli("train-steps", "--student", config_name, "--steps", 10, "--seed", seed,
+                       "--json", path, check=False)
+    with open(path) as f:
+        return dict(json.load(f), ok=code == 0)
+
+
+# ------------------------------------------------------------------------------------ summary
+
+def summarize(run: Run, records: Dict, frameworks: List[str], preset: str) -> Dict:
+    """summary.json: `results` (a function of the seed alone) and `seconds` per stage."""
+    results = {"teacher": {k: records["teacher"].get(k) for k in ("config_name", "eval_before",
+                                                                   "eval_after")}}
+    for fw in frameworks:
+        best = get_config(records["extract-" + fw]["best_config"])
+        pre = records["pretrain-" + fw]
+        results[fw] = {
+            "extracted": {"name": best.name, "D": best.num_layers, "A": best.num_heads,
+                          "H": best.units, "I": best.hidden_size},
+            "pretrain_eval_before": pre["eval_before"], "pretrain_eval_after": pre["eval_after"],
+            "finetune": records["finetune-" + fw]["tasks"]}
+    if "parity" in records:
+        results["parity"] = {k: v for k, v in records["parity"].items() if k != "seconds"}
+    summary = {"preset": preset, "frameworks": frameworks, "results": results,
+               "seconds": {name: r.get("seconds") for name, r in records.items()}}
+    summary["seconds"]["total"] = round(sum(summary["seconds"].values()), 1)
+    Run.write(os.path.join(run.out, "summary.json"), summary)
+    with open(os.path.join(run.out, "summary.md"), "w") as f:
+        f.write(_markdown(summary))
+    _plots(run, records, frameworks)
+    return summary
+
+
+def _fmt(x) -> str:
+    return "%.4f" % x if isinstance(x, float) else str(x)
+
+
+def _verdict(ok) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _markdown(s: Dict) -> str:
+    r = s["results"]
+    t = r["teacher"]
+    lines = ["# bort reproduce (%s preset, %s)" % (s["preset"], " + ".join(s["frameworks"])), "",
+             "Teacher %s: held-out MLM loss %s -> %s" % (
+                 t["config_name"], _fmt((t["eval_before"] or {}).get("mlm_loss")),
+                 _fmt((t["eval_after"] or {}).get("mlm_loss"))), ""]
+    for fw in s["frameworks"]:
+        st, e = r[fw], r[fw]["extracted"]
+        lines += ["## %s" % fw, "",
+                  "- extracted architecture: %s (D=%d, A=%d, H=%d, I=%d)"
+                  % (e["name"], e["D"], e["A"], e["H"], e["I"]),
+                  "- distillation pretraining, held-out loss: %s -> %s; MLM accuracy %s -> %s" % (
+                      _fmt(_eval_loss(st["pretrain_eval_before"])),
+                      _fmt(_eval_loss(st["pretrain_eval_after"])),
+                      _fmt(st["pretrain_eval_before"].get("mlm_acc")),
+                      _fmt(st["pretrain_eval_after"].get("mlm_acc"))),
+                  "", "| task | plain fine-tuning (dev) | Agora (dev) | Agora runs |",
+                  "|---|---|---|---|"]
+        for task, f in st["finetune"].items():
+            lines.append("| %s | %s | %s | %d in %d rounds |" % (
+                task, _metrics(f["plain"]), _metrics(f["agora"]), f["agora_runs"],
+                f["agora_rounds"]))
+        lines.append("")
+    if "parity" in r:
+        par = r["parity"]
+        steps = par["train_steps"]
+        lines += ["## parity: gluon vs torch (%s)" % _verdict(par["ok"]), "",
+                  "- training engines, %d steps from the same weights: %s" % (
+                      len(steps.get("steps", [])), _verdict(steps["ok"])),
+                  "- extraction ranking: %s (Spearman %.3f, max W rel diff %.2e)" % (
+                      _verdict(par["extraction"]["ok"]), par["extraction"]["spearman"],
+                      par["extraction"]["max_w_rel_diff"]),
+                  "- pretrained students' held-out loss: %s (rel diff %.2e, tolerance %.0e)" % (
+                      _verdict(par["pretrain_eval_loss"]["ok"]),
+                      par["pretrain_eval_loss"]["rel_diff"], PRETRAIN_LOSS_TOLERANCE),
+                  "- one student in both frameworks, layer taps: %s" % _verdict(
+                      par["student_taps"]["ok"]), ""]
+    lines += ["Stage wall times (s): " + ", ".join("%s %s" % kv for kv in s["seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def _eval_loss(metrics: Dict):
+    return metrics.get("kd_loss", metrics.get("mlm_loss"))
+
+
+def _metrics(dev: Dict) -> str:
+    parts = []
+    for metrics in dev.values():
+        scores = metrics.get("metrics", metrics)
+        parts.append(", ".join("%s %s" % (k, _fmt(v)) for k, v in sorted(scores.items())
+                               if isinstance(v, (int, float))))
+    return "; ".join(parts)
+
+
+def _plots(run: Run, records: Dict, frameworks: List[str]) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _say("matplotlib is not installed (pip install 'bort[plot]'): no plots")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ["teacher"] + ["pretrain-" + fw for fw in frameworks]:
+        log = records[name].get("log")
+        if not log or not os.path.exists(log):
+            continue
+        with open(log) as f:
+            rows = [json.loads(line) for line in f]
+        for phase, style in (("train", "-"), ("eval", "o--")):
+            points = [(row["step"], row.get("kd_loss", row.get("loss"))) for row in rows
+                      if row["phase"] == phase]
+            if points:
+                ax.plot(*zip(*points), style, label="%s (%s)" % (name, phase))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run.out, "loss_curves.png"))
+    plt.close(fig)
+    if "parity" in records:
+        taps = [t for t in records["parity"]["student_taps"]["taps"] if "max_abs" in t]
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.bar([t["tap"] for t in taps], [t["max_abs"] for t in taps])
+        ax.axhline(1e-5, color="r", linestyle="--", label="hidden-state tolerance")
+        ax.set_yscale("log")
+        ax.set_ylabel("max |gluon - torch|")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(run.out, "parity_layers.png"))
+        plt.close(fig)
+    for fw in frameworks:
+        png = records["extract-" + fw].get("pareto_png")
+        if png and os.path.exists(png):
+            shutil.copyfile(png, os.path.join(run.out, "pareto_%s.png" % fw))
+
+
+# ------------------------------------------------------------------------------------ driver
+
+def check_paper_files(files_dir: str) -> None:
+    import glob
+
+    missing = []
+    for _, rel, where in PAPER_FILES:
+        path = os.path.join(files_dir, rel)
+        if not glob.glob(path):
+            missing.append("  %s\n      expected at %s\n      get it from: %s" % (rel, path, where))
+    if missing:
+        raise ValueError("--preset paper needs real files under --files-dir %s; missing:\n%s"
+                         % (files_dir, "\n".join(missing)))
+
+
+def run_framework(run: Run, fw: str, p: Dict, data: Dict, seed: int, records: Dict) -> None:
+    """Extraction, distillation pretraining and fine-tuning in one framework."""
+    teacher = records["teacher"]
+    records["extract-" + fw] = stage(run, "extract-" + fw, extract, run, fw, p, data, teacher,
+                                     seed)
+    best = get_config(records["extract-" + fw]["best_config"])
+    pre = records["pretrain-" + fw] = stage(
+        run, "pretrain-" + fw, _pretrain, run.dir("pretrain-" + fw), fw, best, data,
+        p["pretrain_steps"], p, seed, (get_config(teacher["config_name"]), teacher["checkpoint"]))
+    records["finetune-" + fw] = stage(run, "finetune-" + fw, finetune, run, fw, p,
+                                      pre["checkpoint"], pre["config"], seed)
+
+
+def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite: bool,
+              files_dir: str = None) -> Dict:
+    p = dict(PRESETS[preset])
+    if preset == "paper":
+        files_dir = files_dir or "real_files"
+        check_paper_files(files_dir)
+        p.update(teacher_checkpoint=os.path.join(files_dir, "roberta_24_1024_16.params"),
+                 vocab=os.path.join(files_dir, "roberta_bpe"),
+                 corpus=[os.path.join(files_dir, "corpus", "*.txt")],
+                 data_dir=os.path.join(files_dir, "glue"))
+    from bort_core.cli import load_framework
+    for fw in frameworks:
+        load_framework(fw)    # a missing framework fails here, not after the first stages
+    run = Run(out, {"frameworks": frameworks, "preset": preset, "seed": seed,
+                    "files_dir": files_dir}, overwrite)
+    tic = time.time()
+    data = stage(run, "data", make_data, run, p, seed)
+    records = {"data": data}
+    records["teacher"] = stage(run, "teacher", train_teacher, run, frameworks[0], p, data, seed)
+    for fw in frameworks:
+        run_framework(run, fw, p, data, seed, records)
+    if len(frameworks) == 2:
+        records["parity"] = stage(run, "parity", parity_report, run, records, seed)
+    summary = summarize(run, records, frameworks, preset)
+    sys.stdout.write(_markdown(summary))
+    _say("done in %.0fs; summary: %s" % (time.time() - tic, os.path.join(out, "summary.md")))
+    return summary
+
+
+def register(sub):
+    p = sub.add_parser("reproduce", help="the whole 2020 pipeline end to end (teacher, OSE "
+                       "extraction, distillation pretraining, Agora fine-tuning, parity)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--framework", choices=("gluon", "torch", "both"), default="both",
+                   help="which framework(s) run the pipeline (default both, with parity verdicts)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
+                   help="demo: the embedded corpus and demo tasks, minutes on a CPU (default); "
+                   "paper: real-scale configuration from real files (--files-dir)")
+    p.add_argument("--out", default="runs/reproduce", help="output directory (default runs/reproduce)")
+    p.add_argument("--files-dir", help="--preset paper: where the real files are (default real_files/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    p.set_defaults(run=run_command)
+
+
+def run_command(args):
+    frameworks = ["gluon", "torch"] if args.framework == "both" else [args.framework]
+    reproduce(frameworks, args.preset, args.out, args.seed, args.overwrite, args.files_dir)
+    return 0

@@ -1,0 +1,64 @@
+"""bort reproduce without a framework: the output-directory contract, the paper preset's missing
+files message, the held-out corpus split."""
+import json
+import os
+
+import pytest
+
+from bort_core import reproduce as rp
+from bort_core.cli import main
+
+
+def test_paper_preset_lists_every_missing_file(tmp_path, capsys):
+    code = main(["reproduce", "--preset", "paper", "--files-dir", str(tmp_path / "real"),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    for _, rel, _ in rp.PAPER_FILES:
+        assert os.path.join(str(tmp_path / "real"), rel) in err
+    assert "get it from" in err
+    assert not (tmp_path / "out").exists()    # nothing written before the files are there
+
+
+def test_output_dir_resumes_refuses_or_overwrites(tmp_path):
+    out = str(tmp_path / "run")
+    settings = {"preset": "demo", "seed": 0}
+    run = rp.Run(out, settings, overwrite=False)
+    run.finish("data", {"train": "x"})
+    assert rp.Run(out, settings, overwrite=False).done("data") == {"train": "x"}   # resume
+    with pytest.raises(ValueError, match="seed.*--overwrite"):
+        rp.Run(out, dict(settings, seed=1), overwrite=False)
+    assert rp.Run(out, dict(settings, seed=1), overwrite=True).done("data") is None
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not empty.*--overwrite"):
+        rp.Run(str(other), settings, overwrite=False)
+    assert (other / "keep.txt").read_text() == "precious"
+
+
+def test_stage_runs_once_and_records_its_result(tmp_path):
+    run = rp.Run(str(tmp_path / "run"), {"seed": 0}, overwrite=False)
+    calls = []
+
+    def body(x):
+        calls.append(x)
+        return {"value": x}
+
+    assert rp.stage(run, "s", body, 3)["value"] == 3
+    assert rp.stage(run, "s", body, 4)["value"] == 3     # done before: not run again
+    assert calls == [3]
+    with open(tmp_path / "run" / "s" / "done.json") as f:
+        assert json.load(f)["value"] == 3
+
+
+def test_split_corpus_holds_out_every_tenth_document(tmp_path):
+    docs = ["doc %d line a\ndoc %d line b\n" % (i, i) for i in range(25)]
+    src = tmp_path / "corpus.txt"
+    src.write_text("\n".join(docs))
+    paths = rp.split_corpus([str(src)], str(tmp_path))
+    train, held = open(paths["train"]).read(), open(paths["eval"]).read()
+    held_ids = sorted({int(w) for w in held.split() if w.isdigit()})
+    assert held_ids == [9, 19]
+    for i in range(25):
+        assert (("doc %d line a" % i) in train) != (i in held_ids)
