@@ -65,8 +65,8 @@ PRESETS = {
 # What --preset paper needs, where it is looked for, and where to get it.
 PAPER_FILES = [
     ("teacher", "roberta_24_1024_16.params",
-     "RoBERTa-large in GluonNLP's .params format (the model zoo's roberta_24_1024_16 "
-     "openwebtext_ccnews_stories_books_cased file; or convert fairseq's roberta.large)"),
+     "RoBERTa-large in GluonNLP's .params format: the model zoo's roberta_24_1024_16 "
+     "(openwebtext_ccnews_stories_books_cased) file, as GluonNLP 0.8-0.10 saves it"),
     ("vocab", "roberta_bpe/encoder.json",
      "GPT-2/RoBERTa byte-level BPE vocabulary (fairseq's gpt2_bpe/encoder.json)"),
     ("vocab", "roberta_bpe/vocab.bpe", "GPT-2/RoBERTa BPE merges (fairseq's gpt2_bpe/vocab.bpe)"),
@@ -268,6 +268,8 @@ def finetune(run: Run, fw: str, p: Dict, checkpoint: str, config_path: str, seed
                 checkpoint, "--seed", seed, "--quiet", "--overwrite"]
         if p["data_dir"]:
             base += ["--data-dir", p["data_dir"]]
+        if p["vocab"]:
+            base += ["--vocab", p["vocab"]]
         plain_dir = os.path.join(run.dir("finetune-" + fw), task, "plain")
         bort("finetune", *base, "--output-dir", plain_dir, "--epochs", p["finetune_epochs"],
              "--lr", p["finetune_lr"], "--weight-decay", p["finetune_weight_decay"])
