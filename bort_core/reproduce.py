@@ -315,7 +315,8 @@ def parity_report(run: Run, records: Dict, seed: int) -> Dict:
     code = _parity_cli("compare", taps["gluon"], taps["torch"], "--json",
                        os.path.join(out, "taps.json"), check=False)
     with open(os.path.join(out, "taps.json")) as f:
-        report["student_taps"] = dict(json.load(f), ok=code == 0)
+        taps = {k: v for k, v in json.load(f).items() if k not in ("a", "b")}   # file paths
+    report["student_taps"] = dict(taps, ok=code == 0)
     report["ok"] = all(v["ok"] for v in report.values())
     return report
 
@@ -452,12 +453,12 @@ def _plots(run: Run, records: Dict, frameworks: List[str]) -> None:
         with open(log) as f:
             rows = [json.loads(line) for line in f]
         for phase, style in (("train", "-"), ("eval", "o--")):
-            points = [(row["step"], row.get("kd_loss", row.get("loss"))) for row in rows
-                      if row["phase"] == phase]
+            points = [(row["step"], row["mlm_loss"]) for row in rows
+                      if row["phase"] == phase and "mlm_loss" in row]
             if points:
                 ax.plot(*zip(*points), style, label="%s (%s)" % (name, phase))
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("MLM loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(run.out, "loss_curves.png"))
