@@ -53,6 +53,7 @@ import glob
 import json
 import os
 import time
+import warnings
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -640,9 +641,11 @@ class EventLog:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
-                raise SystemExit("TensorBoard events need tensorboardX: pip install -e "
-                                 "'.[tensorboard]' (or pass --no-tensorboard)") from None
-            self.writer = SummaryWriter(os.path.join(directory, "tensorboard"))
+                warnings.warn("tensorboardX is not installed: no TensorBoard events, only %s "
+                              "(pip install -e '.[tensorboard]', or pass --no-tensorboard)"
+                              % os.path.join(directory, "log.jsonl"), stacklevel=2)
+            else:
+                self.writer = SummaryWriter(os.path.join(directory, "tensorboard"))
         self.jsonl = open(os.path.join(directory, "log.jsonl"), "a")
 
     def write(self, phase: str, step: int, row: Dict[str, float]) -> None:

@@ -1,6 +1,7 @@
 """bort_core.pretrain: data order (P1), schedule, loss oracle, loss scaling, checkpoints, errors."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -199,3 +200,14 @@ def test_event_log_writes_jsonl_and_tensorboard(tmp_path):
     assert rows == [{"mlm_loss": 1.5, "lr": 1e-4, "phase": "train", "step": 3}]
     events = os.listdir(tmp_path / "tensorboard")
     assert events and events[0].startswith("events.out.tfevents")
+
+
+def test_event_log_without_tensorboardx_warns_and_keeps_the_jsonl(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes the import fail
+    with pytest.warns(UserWarning, match="tensorboardX is not installed"):
+        log = core.EventLog(str(tmp_path))
+    log.write("eval", 7, {"mlm_loss": 2.0})
+    log.close()
+    assert [json.loads(line) for line in open(tmp_path / "log.jsonl")] == [
+        {"mlm_loss": 2.0, "phase": "eval", "step": 7}]
+    assert not (tmp_path / "tensorboard").exists()
