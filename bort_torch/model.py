@@ -6,6 +6,10 @@ checkpoint names only where PyTorch's LayerNorm says `weight`/`bias` for GluonNL
 dropout placement follow the 2020 model (../shared/reference/original-code.md): word embedding
 -> dropout -> + positions 0..L-1 -> dropout -> LayerNorm -> post-LN cells; outputs beyond
 `valid_length` are zeroed; the MLM decoder's LayerNorm uses eps 1e-12.
+
+Fast paths (each switchable, parameters untouched): the fused QKV GEMM + SDPA attention
+(`set_fast_attention`) and the unpadded encoder (`set_unpadded`), which runs every position-wise
+op on the real tokens only (`Packing`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,33 @@ from bort_core.configs import BortConfig, get_config
 from bort_core.convert import canonical_name
 
 
+class Packing:
+    """The real tokens of a padded batch as the rows of one (N, ...) matrix, and the way back.
+
+    `pack` gathers the positions below valid_length (row-major: sequence by sequence);
+    `unpack` scatters rows into a zero (B, L, ...) tensor. Both are index ops, so gradients
+    flow through them.
+    """
+
+    def __init__(self, key_mask: torch.Tensor):
+        self.shape = key_mask.shape                               # (B, L)
+        flat = key_mask.flatten()                                 # True = real token
+        self.index = flat.nonzero().squeeze(1)                    # (N,) into B * L
+        self.pad_index = (~flat).nonzero().squeeze(1)             # the other B * L - N
+
+    @property
+    def has_padding(self) -> bool:
+        return self.pad_index.numel() > 0
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, rows: torch.Tensor) -> torch.Tensor:
+        out = rows.new_empty((self.shape.numel(),) + rows.shape[1:])
+        out.index_fill_(0, self.pad_index, 0).index_copy_(0, self.index, rows)
+        return out.view(*self.shape, *rows.shape[1:])
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Separate q/k/v projections with bias, query scaled by 1/sqrt(head_dim), keys at or
     beyond valid_length masked out, dropout on the attention weights.
@@ -29,7 +60,8 @@ class MultiHeadSelfAttention(nn.Module):
     With `fused` (the default) the three projections run as one GEMM on their concatenated
     weights and the attention as `F.scaled_dot_product_attention` with the padding mask; the
     parameters stay the three canonical ones. Without grad the concatenation is cached and
-    rebuilt whenever a projection's weights change; with grad it is rebuilt each call.
+    rebuilt whenever a projection's weights change; with grad, or inside torch.compile (which
+    folds it into a constant when freezing), it is rebuilt each call.
     """
 
     def __init__(self, units: int, num_heads: int, dropout: float):
@@ -48,7 +80,8 @@ class MultiHeadSelfAttention(nn.Module):
     def fused_qkv(self):
         """(weight (3U, U), bias (3U,)): query, key and value projections stacked."""
         tensors = self._projections()
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             return torch.cat(tensors[:3]), torch.cat(tensors[3:])
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
         if self._qkv_cache is None or self._qkv_cache[0] != key:
@@ -56,24 +89,33 @@ class MultiHeadSelfAttention(nn.Module):
                 self._qkv_cache = (key, torch.cat(tensors[:3]), torch.cat(tensors[3:]))
         return self._qkv_cache[1], self._qkv_cache[2]
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        b, length, units = x.shape
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
+                packing: Optional[Packing] = None) -> torch.Tensor:
+        """x: (B, L, U); or, with `packing`, the real tokens' rows (N, U), and so is the result.
+        Packed rows are projected as they are and scattered to (B, L) for the attention only."""
         if self.fused and not torch.jit.is_scripting():
             weight, bias = self.fused_qkv()
-            q, k, v = F.linear(x, weight, bias).view(b, length, 3, self.num_heads, -1).permute(
-                2, 0, 3, 1, 4).unbind(0)
+            qkv = F.linear(x, weight, bias)
+            if packing is not None:
+                qkv = packing.unpack(qkv)   # zeros at padding: finite keys for the mask to drop
+            b, length, _ = qkv.shape
+            q, k, v = qkv.view(b, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
             mask = None if key_mask is None else key_mask[:, None, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                  dropout_p=self.dropout if self.training else 0.0)
-            return out.transpose(1, 2).reshape(b, length, units)
-        heads = lambda t: t.view(b, length, self.num_heads, -1).transpose(1, 2)
-        q = heads(self.proj_query(x)) * (1.0 / math.sqrt(units // self.num_heads))
-        k, v = heads(self.proj_key(x)), heads(self.proj_value(x))
-        scores = q @ k.transpose(-1, -2)
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        weights = F.dropout(scores.softmax(dim=-1), self.dropout, self.training)
-        return (weights @ v).transpose(1, 2).reshape(b, length, units)
+        else:
+            if packing is not None:
+                x = packing.unpack(x)
+            b, length, units = x.shape
+            heads = lambda t: t.view(b, length, self.num_heads, -1).transpose(1, 2)
+            q = heads(self.proj_query(x)) * (1.0 / math.sqrt(units // self.num_heads))
+            k, v = heads(self.proj_key(x)), heads(self.proj_value(x))
+            scores = q @ k.transpose(-1, -2)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            out = F.dropout(scores.softmax(dim=-1), self.dropout, self.training) @ v
+        out = out.transpose(1, 2).reshape(b, length, -1)
+        return out if packing is None else packing.pack(out)
 
 
 class PositionwiseFFN(nn.Module):
@@ -102,13 +144,25 @@ class BortEncoderCell(nn.Module):
         self.ffn = PositionwiseFFN(config.units, config.hidden_size, config.dropout,
                                    config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        attended = self.dropout_layer(self.proj(self.attention_cell(x, key_mask)))
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
+                packing: Optional[Packing] = None) -> torch.Tensor:
+        attended = self.dropout_layer(self.proj(self.attention_cell(x, key_mask, packing)))
         return self.ffn(self.layer_norm(x + attended))
 
 
 class BortEncoder(nn.Module):
-    """Learned positions + dropout + LayerNorm, then the cells; padded outputs zeroed."""
+    """Learned positions + dropout + LayerNorm, then the cells; padded outputs zeroed.
+
+    With `unpadded` (the default) and a batch that has padding, the real tokens are gathered
+    into one (N, U) matrix right after the positions are added: dropout, LayerNorms,
+    projections, residuals and FFNs then run on N rows instead of B * L, and only the
+    attention sees the (B, L) layout. The result is scattered into zeros at the end. Same
+    outputs and gradients as the padded path; in training the dropout masks are drawn for the
+    N rows, so a seed gives other masks than on the padded path. The padded path is kept
+    while tracing (an exported graph must not bake in one batch's token count) and while a
+    forward hook sits on the embedding LayerNorm or a cell (hooks such as parity.dump's taps
+    read (B, L, U) outputs there).
+    """
 
     def __init__(self, config: BortConfig):
         super().__init__()
@@ -117,15 +171,31 @@ class BortEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.units, eps=config.layer_norm_eps)
         self.transformer_cells = nn.ModuleList(BortEncoderCell(config)
                                                for _ in range(config.num_layers))
+        self.unpadded = True
+
+    def _packing(self, key_mask: Optional[torch.Tensor]) -> Optional[Packing]:
+        if key_mask is None or not self.unpadded or torch.jit.is_tracing() \
+                or torch.jit.is_scripting():
+            return None
+        if any(m._forward_hooks for m in (self.layer_norm, *self.transformer_cells)):
+            return None
+        packing = Packing(key_mask)
+        return packing if packing.has_padding else None
 
     def forward(self, embedding: torch.Tensor, valid_length: Optional[torch.Tensor]) -> torch.Tensor:
         length = embedding.shape[1]
-        x = self.layer_norm(self.dropout_layer(embedding + self.position_weight[:length]))
         key_mask = None
         if valid_length is not None:
-            key_mask = torch.arange(length, device=x.device)[None, :] < valid_length[:, None]
+            key_mask = torch.arange(length, device=embedding.device)[None, :] < valid_length[:, None]
+        packing = self._packing(key_mask)
+        x = embedding + self.position_weight[:length]
+        if packing is not None:
+            x = packing.pack(x)
+        x = self.layer_norm(self.dropout_layer(x))
         for cell in self.transformer_cells:
-            x = cell(x, key_mask)
+            x = cell(x, key_mask, packing)
+        if packing is not None:
+            return packing.unpack(x)
         return x if key_mask is None else x * key_mask[..., None].to(x.dtype)
 
 
@@ -259,11 +329,21 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
 
 
 def set_fast_attention(module: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch every attention cell between the fused path (one QKV GEMM + SDPA, the default)
-    and the plain one (three projections, explicit softmax); parameters are untouched."""
+    """Switch every fast path on (the default) or off: the fused attention (one QKV GEMM + SDPA,
+    else three projections and an explicit softmax) and the unpadded encoder (else every
+    position, padding included, is computed). Parameters are untouched."""
     for sub in module.modules():
         if isinstance(sub, MultiHeadSelfAttention):
             sub.fused = enabled
+    return set_unpadded(module, enabled)
+
+
+def set_unpadded(module: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch the encoders between running position-wise ops on the real tokens only (the
+    default) and on the whole padded (B, L) batch; the attention path is left as it is."""
+    for sub in module.modules():
+        if isinstance(sub, BortEncoder):
+            sub.unpadded = enabled
     return module
 
 

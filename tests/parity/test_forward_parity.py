@@ -65,6 +65,49 @@ def test_gluon_and_torch_agree_on_every_tap_full_size(full_size):
         {r["tap"] for r in rows}
 
 
+def _unpadded_outputs(backbone, classifier, inputs):
+    """bort_torch's outputs with no hooks attached, so its unpadded encoder runs (the taps'
+    hooks keep it on the padded path); the packed row count is checked on the way."""
+    ids, valid, positions = (torch.from_numpy(inputs[k]).long() for k in io.INPUT_KEYS)
+    packed, pack = [], tm.Packing.pack
+
+    def counting_pack(self, x):
+        packed.append(len(self.index))
+        return pack(self, x)
+
+    tm.Packing.pack = counting_pack
+    try:
+        with torch.no_grad():
+            sequence, mlm = backbone(ids, valid, positions)
+            out = {"sequence_output": sequence.numpy(), "mlm_logits": mlm.numpy()}
+            if classifier is not None:
+                out["classifier_logits"] = classifier(ids, valid).numpy()
+    finally:
+        tm.Packing.pack = pack
+    assert packed and set(packed) == {int(inputs["valid_length"].sum())}
+    return out
+
+
+def test_unpadded_torch_matches_gluon_full_size(full_size):
+    path, inputs = full_size
+    g_backbone, g_clf = build_model("gluon", FULL, path, 3)
+    gluon = dump.gluon_taps(g_backbone, inputs, g_clf)
+    ours = _unpadded_outputs(*build_model("torch", FULL, path, 3), inputs)
+    _assert_parity(ours, {k: gluon[k] for k in ours})
+
+
+@pytest.mark.parametrize("name", [FULL, "bort_tiny"])
+def test_unpadded_torch_matches_the_2020_stack(name):
+    folder = os.path.join(LEGACY, name)
+    if not os.path.isdir(folder):
+        pytest.skip("no legacy oracle artifacts in %s (run `tox -e legacy` first)" % folder)
+    inputs = io.load_inputs(os.path.join(folder, "inputs.npz"))
+    backbone, _ = build_model("torch", name, os.path.join(folder, "checkpoint.params"), 0)
+    ours = _unpadded_outputs(backbone, None, inputs)
+    legacy = io.load_taps(os.path.join(folder, "taps.npz"))
+    _assert_parity(ours, {k: legacy[k] for k in ours})
+
+
 def test_gradients_of_every_parameter_agree_full_size():
     config = get_config(FULL).without_dropout()
     inputs = io.make_inputs(4, 32, config.vocab_size, 5, seed=0)

@@ -1,5 +1,6 @@
-"""The torch fast paths (fused QKV + SDPA, low precision, ONNX export) compute what the plain
-model does; the throughput workers report missing devices instead of failing."""
+"""The torch fast paths (fused QKV + SDPA, the unpadded encoder, low precision, ONNX export)
+compute what the plain model does; the throughput workers report missing devices instead of
+failing."""
 import argparse
 
 import numpy as np
@@ -44,6 +45,74 @@ def test_fused_attention_matches_the_plain_path_forward_and_backward():
     assert (outs[1][0][2, int(vl[2]):] == 0).all()   # padding still zeroed
     for name, g in grads[0].items():   # gradients reach the three canonical projections
         assert torch.allclose(g, grads[1][name], atol=1e-6, rtol=1e-4), name
+
+
+def _forward_backward(model, x, vl, pos):
+    """Sequence output, MLM logits and every parameter's gradient of one train-mode step."""
+    model.zero_grad()
+    seq, logits = model(x, vl, pos)
+    (seq.square().mean() + logits.square().mean()).backward()
+    return seq.detach(), logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_unpadded_encoder_matches_the_padded_path_forward_and_backward(monkeypatch, fused):
+    model = _model().train()   # dropout-free config: train mode, deterministic
+    tm.set_fast_attention(model, fused)
+    x, vl, pos = _batch(model.config, batch=4, seq=24)
+    assert (vl < 24).any() and (vl == 24).any()
+    packed_rows, pack = [], tm.Packing.pack
+
+    def counting_pack(self, t):
+        packed_rows.append(len(self.index))
+        return pack(self, t)
+
+    monkeypatch.setattr(tm.Packing, "pack", counting_pack)
+    seq, logits, grads = _forward_backward(tm.set_unpadded(model, True), x, vl, pos)
+    assert packed_rows and set(packed_rows) == {int(vl.sum())}   # the packed path ran
+    packed_rows.clear()
+    ref_seq, ref_logits, ref_grads = _forward_backward(tm.set_unpadded(model, False), x, vl, pos)
+    assert not packed_rows
+    assert (seq - ref_seq).abs().max() <= 1e-5
+    assert (logits - ref_logits).abs().max() <= 2e-5
+    for b, n in enumerate(vl.tolist()):
+        assert (seq[b, n:] == 0).all() and (seq[b, :n].abs().sum(-1) > 0).all()
+    assert set(grads) == set(ref_grads)
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_unpadded_encoder_full_size_inference_and_no_padding():
+    model = _model("bort_4_8_768_1024", use_decoder=False)
+    x, vl, _ = _batch(model.config, batch=8, seq=128)
+    with torch.inference_mode():
+        packed = model(x, vl)
+        padded = tm.set_unpadded(model, False)(x, vl)
+        tm.set_unpadded(model, True)
+        assert (packed - padded).abs().max() <= 1e-5
+        assert all((packed[b, n:] == 0).all() for b, n in enumerate(vl.tolist()))
+        full = torch.full_like(vl, x.shape[1])      # nothing to drop: the padded path runs
+        assert tm.Packing(torch.ones_like(x, dtype=torch.bool)).has_padding is False
+        assert (model(x, full) - model(x)).abs().max() <= 1e-5
+
+
+def test_unpadded_encoder_steps_aside_for_hooks_and_classifier_keeps_its_head():
+    """Forward hooks on the cells (parity.dump's taps) still see (B, L, U) outputs."""
+    model = _model(use_decoder=False)
+    x, vl, _ = _batch(model.config)
+    seen = []
+    handle = model.encoder.transformer_cells[0].register_forward_hook(
+        lambda module, args, out: seen.append(tuple(out.shape)))
+    with torch.inference_mode():
+        hooked = model(x, vl)
+        handle.remove()
+        packed = model(x, vl)
+        clf = tm.BortClassifier(model, 3)
+        logits = clf(x, vl)
+        tm.set_unpadded(model, False)
+        assert (clf(x, vl) - logits).abs().max() <= 2e-5
+    assert seen == [tuple(x.shape) + (model.config.units,)]
+    assert (hooked - packed).abs().max() <= 1e-5
 
 
 def test_fused_weights_follow_set_params_and_keep_the_canonical_names():
