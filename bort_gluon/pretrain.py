@@ -154,6 +154,10 @@ def init_distributed():
     """(rank, world, ctx): Horovod when launched by horovodrun, else one process."""
     if "HOROVOD_RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
         return 0, 1, mx.cpu()
+    try:    # imported after horovod.mxnet, tensorboardX corrupts the heap (free(): invalid size)
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        pass
     import horovod.mxnet as hvd
     hvd.init()
     gpu = mx.context.num_gpus() > 0

@@ -137,8 +137,10 @@ class Engine(core.Engine):
 
     @torch.no_grad()
     def update(self, lr, scale):
-        params = [p for p in self.named.values() if p.grad is not None]
-        grads = [p.grad for p in params]
+        for p in self.named.values():   # a worker that got no rows still all-reduces (zeros)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in self.named.values()]
         if self.world > 1:
             flat = torch._utils._flatten_dense_tensors(grads)
             torch.distributed.all_reduce(flat)

@@ -93,3 +93,23 @@ def test_horovodrun_two_workers_equal_one(tmp_path):
     _run([runner, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]
          + _args(tmp_path, "gluon", two), ENV)
     _compare(one, two, "gluon (horovodrun, gloo)")
+
+
+@pytest.mark.parametrize("framework, module", [("torch", "torch"), ("gluon", "horovod.mxnet")])
+def test_release_script_two_workers_with_tensorboard(tmp_path, framework, module):
+    """scripts/run_pretraining_distillation.sh 2 TEST; TensorBoard on (tensorboardX imported
+    after horovod.mxnet crashed rank 0)."""
+    pytest.importorskip(module)
+    pytest.importorskip("tensorboardX")
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts",
+                          "run_pretraining_distillation.sh")
+    env = dict(ENV, FRAMEWORK=framework,
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    done = subprocess.run(["bash", script, "2", "TEST"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    model = tmp_path / "runs" / "pretraining_distillation_test" / "bort_tiny_model"
+    assert [r["step"] for r in _steps(str(model))] == [2, 4]
+    assert os.listdir(model / "tensorboard")
+    assert ("horovodrun -np 2" if framework == "gluon" else "--nproc_per_node 2") in (
+        model / "train.log").read_text()

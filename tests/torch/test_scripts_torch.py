@@ -1,0 +1,49 @@
+"""The release-style scripts' smoke modes (scripts/run_finetune.sh TEST1/TEST2,
+scripts/run_pretraining_distillation.sh 1 TEST) with FRAMEWORK=torch, from another directory."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
+FRAMEWORK = "torch"
+
+
+def _run(script, args, cwd, **env):
+    env = dict(os.environ, FRAMEWORK=FRAMEWORK, OMP_NUM_THREADS="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env)
+    return subprocess.run(["bash", os.path.join(SCRIPTS, script)] + args, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("mode, task, test_file", [("TEST1", "WNLI", "WNLI.tsv"),
+                                                   ("TEST2", "WSC", "WSC.jsonl")])
+def test_run_finetune_smoke_modes(tmp_path, mode, task, test_file):
+    done = _run("run_finetune.sh", [mode], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "runs" / "finetune" / ("test-" + task)
+    assert "--weight-decay 110.0" in done.stderr and "--lr 5e-5" in done.stderr   # set -x echo
+    assert (out / test_file).stat().st_size > 0
+    assert (out / ("model_bort_%s_best.params" % task.lower())).exists()
+
+
+def test_run_finetune_without_a_checkpoint_says_so(tmp_path):
+    done = _run("run_finetune.sh", ["RTE"], tmp_path)
+    assert done.returncode == 2 and "no checkpoint at model/bort.params" in done.stderr
+    done = _run("run_finetune.sh", [], tmp_path)
+    assert done.returncode == 2 and "TEST1" in done.stdout
+
+
+def test_run_pretraining_distillation_test_mode(tmp_path):
+    done = _run("run_pretraining_distillation.sh", ["1", "TEST"], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    model = tmp_path / "runs" / "pretraining_distillation_test" / "bort_tiny_model"
+    assert {"0000002.params", "0000004.params", "train.log"} <= set(os.listdir(model))
+    rows = [json.loads(line) for line in open(model / "log.jsonl")]
+    assert [r["step"] for r in rows if r["phase"] == "train"] == [2, 4]
+    assert all(r["teacher_ce"] > 0 for r in rows)            # distilled from the teacher
+    assert "--kd-loss kl" in (model / "train.log").read_text()
+    usage = _run("run_pretraining_distillation.sh", ["1"], tmp_path)
+    assert usage.returncode == 2 and "NUMPROC TEST" in usage.stdout
