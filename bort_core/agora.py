@@ -277,9 +277,11 @@ def check_reference(task, examples, pred) -> Dict:
         quality = float((np.asarray(pred) == gold).mean())
         info = {"accuracy": quality, "chance": float(np.bincount(gold).max() / len(gold))}
     if quality <= info["chance"]:
-        warnings.warn("the reference model scores %.4f on dev, not above chance (%.4f): Agora "
-                      "assumes a good reference (accuracy above ~2/3); its labels will mislead"
-                      % (quality, info["chance"]), stacklevel=2)
+        metric, good = next(iter(info)), ("accuracy above ~2/3" if "accuracy" in info
+                                          else "a clearly positive correlation")
+        warnings.warn("the reference model's dev %s is %.4f, not above chance (%.4f): Agora "
+                      "assumes a good reference (%s); its labels will mislead"
+                      % (metric, quality, info["chance"], good), stacklevel=2)
     return info
 
 
@@ -342,6 +344,9 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
     generate = make_generator(options.generator, special, mlm, options.drop_prob,
                               options.swap_prob)
     ft.check_output_dir(base.output_dir, base.overwrite)
+    if base.checkpoint is None:
+        warnings.warn("no --checkpoint: Agora fine-tunes a RANDOMLY initialised %s (scores will "
+                      "be near chance)" % config.name, stacklevel=2)
     reference = backend.load(ref_config, options.reference_checkpoint, num_classes)
     ref_dev = ft.score_split(backend, reference, task, dev[0], base.dev_batch_size)
     ref_info = check_reference(task, dev[0].examples, ref_dev["predictions"])
@@ -356,7 +361,7 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
     work = tempfile.mkdtemp(prefix="agora-", dir=base.output_dir)
     try:
         while alive and (options.max_rounds is None or len(rounds) < options.max_rounds):
-            for _ in range(1 + options.replays):
+            for replay in range(1 + options.replays):
                 if options.max_rounds is not None and len(rounds) >= options.max_rounds:
                     break
                 record = _round(backend, task, config, num_classes, base, grid, alive, train,
@@ -371,9 +376,11 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                 scored = ft.score_split(backend, model, task, dev[0], base.dev_batch_size)
                 wrong = mistakes(task, dev[0].examples, scored["predictions"],
                                  options.regression_tolerance)
-                seqs = [dev[0].features["input_ids"][i] for i in wrong
-                        for _ in range(options.points_per_mistake)]
-                new = generate(seqs, rng) if seqs else []
+                final = (len(alive) == 1 and replay == options.replays) or (
+                    options.max_rounds is not None and len(rounds) + 1 >= options.max_rounds)
+                seqs = [] if final else [dev[0].features["input_ids"][i] for i in wrong
+                                         for _ in range(options.points_per_mistake)]
+                new = generate(seqs, rng) if seqs else []     # none after the final round
                 if new:
                     ref_logits = backend.predict(reference, ft.eval_batches(
                         {"input_ids": object_array(new), "valid_length": np.array(
@@ -387,10 +394,11 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                 rounds.append(record)
                 _write_logs(base.output_dir, task, ref_info, rounds, best, grid)
                 if progress:
-                    print("agora round %d: %d sets, best %.4f (set %d), %d mistakes, +%d points, "
-                          "%.1fs" % (record["round"], len(record["sets"]), score,
-                                     record["best_set"], len(wrong), len(new),
-                                     record["seconds"]), flush=True)
+                    n = len(record["sets"])
+                    print("agora round %d: %d set%s, best %.4f (set %d), %d mistakes, +%d "
+                          "points, %.1fs" % (record["round"], n, "" if n == 1 else "s", score,
+                                             record["best_set"], len(wrong), len(new),
+                                             record["seconds"]), flush=True)
             last = rounds[-1]["scores"]
             alive = [alive[i] for i in prune([last[str(s)] for s in alive], options.keep)]
     finally:

@@ -144,6 +144,7 @@ def parse_search_space(spec: str) -> SearchSpace:
                 data[key.strip()] = [int(v) for v in values.split(",") if v.strip()]
             except ValueError:
                 raise ValueError("--search-space: %r: values must be integers" % part) from None
+        data["name"] = "inline"
         return search_space_from_dict(data, "--search-space")
     if not os.path.exists(spec):
         raise FileNotFoundError("--search-space: %r is neither %s, an inline grid (D=..;A=..;H=..;"
@@ -346,6 +347,14 @@ def theta_grid(lrs: Sequence[float], batch_sizes: Sequence[int], seed: int,
     return [dict(base, lr=lr, batch_size=bs) for lr in lrs for bs in batch_sizes]
 
 
+REFUSE_OUT = ("--out %s already holds an extraction run; pass --resume to continue it or "
+              "choose a fresh --out")
+
+
+def holds_run(out_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(out_dir, f)) for f in (RUN_FILE, TRIALS_FILE))
+
+
 class TrialLog:
     """Append-only record of finished trainings (one JSON line each, fsync'd): a crash keeps
     every finished one, and a half-written last line is ignored on resume."""
@@ -356,10 +365,9 @@ class TrialLog:
         run_path = os.path.join(out_dir, RUN_FILE)
         wanted = json.loads(json.dumps(dataclasses.asdict(settings)))
         self.records = []
-        if os.path.exists(run_path) or os.path.exists(self.path):
+        if holds_run(out_dir):
             if not resume:
-                raise ValueError("--out %s already holds an extraction run; pass --resume to "
-                                 "continue it or choose a fresh --out" % out_dir)
+                raise ValueError(REFUSE_OUT % out_dir)
             with open(run_path) as f:
                 stored = json.load(f)
             diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))

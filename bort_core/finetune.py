@@ -93,6 +93,8 @@ class FinetuneOptions:
                              % (", ".join(CLASSIFIER_INITS), self.classifier_init))
         if self.dtype not in DTYPES:
             raise ValueError("--dtype must be one of %s, got %r" % (", ".join(DTYPES), self.dtype))
+        if self.only_inference and not self.model_parameters:
+            raise ValueError("--only-inference needs --model-parameters (a fine-tuned classifier)")
         if self.max_len < 4:
             raise ValueError("--max-len must be at least 4, got %r" % self.max_len)
 
@@ -364,7 +366,8 @@ def train_and_select(backend, model, config: BortConfig, num_classes: int, task:
         history.append(entry)
         if progress:
             print("epoch %d: steps %d loss %.4f dev %s" % (epoch, done, entry["loss"], json.dumps(
-                entry["dev"], default=lambda v: round(float(v), 4))), flush=True)
+                {split: {k: round(float(v), 4) for k, v in m.items()}
+                 for split, m in entry["dev"].items()})), flush=True)
         backend.save(model, epoch_path(save_dir, task, epoch))
         if score > best:
             best, best_epoch, waited = score, epoch, 0
@@ -405,8 +408,6 @@ def run_finetune(backend, options: FinetuneOptions, tokenizer=None, progress: bo
         if options.checkpoint is None:
             warnings.warn("no --checkpoint: fine-tuning a RANDOMLY initialised %s (scores will be "
                           "near chance)" % config.name, stacklevel=2)
-        if options.only_inference:
-            raise ValueError("--only-inference needs --model-parameters (a fine-tuned classifier)")
         init = os.path.join(options.output_dir, "init.params")
         ckpt.save_params(init, initial_classifier(config, num_classes, options.checkpoint,
                                                   options.classifier_init, options.seed))

@@ -11,6 +11,8 @@ import os
 import tempfile
 import warnings
 
+from bort_core import checkpoint as ckpt
+
 INPUT_NAMES = ["input_ids", "valid_length"]
 OUTPUT_NAMES = ["sequence"]
 
@@ -81,7 +83,9 @@ def run(args):
         raise ValueError("%s exists; pass --overwrite to replace it" % args.out)
     tm = load_framework("torch", "model")
     config, params = read_checkpoint(args.src, args.config)
-    params = {k: v for k, v in params.items() if not k.startswith(("decoder.", "classifier."))}
+    if ckpt.is_classifier(params):      # a fine-tuned classifier: its backbone, head left out
+        params, _ = ckpt.split_classifier(params, args.src)
+    params = {k: v for k, v in params.items() if not k.startswith("decoder.")}
     model = tm.BortModel(config.without_dropout(), use_decoder=False)
     tm.set_params(model, params, args.src)
     export_onnx(model.eval(), args.out, args.opset)

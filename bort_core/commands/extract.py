@@ -107,6 +107,8 @@ def run(args):
           "%.3f s)" % (space.name, len(plan.members), t["name"], t["p"], t["i"],
                        len(plan.candidates), args.epsilon, len(theta), plan.trainings,
                        args.steps, analytic))
+    if not args.dry_run and not args.resume and ose.holds_run(args.out):
+        raise ValueError(ose.REFUSE_OUT % args.out)     # before anything in --out changes
     table = ose.write_candidates(plan, args.out)
     if args.dry_run:
         print("candidate table: %s" % table)

@@ -238,7 +238,7 @@ def test_cli_dry_run_on_the_bort_grid(tmp_path, capsys):
 def test_cli_inline_grid_and_errors_name_the_flag(tmp_path, capsys):
     assert main(["extract", "--dry-run", "--search-space", "D=1,2;A=2;H=8,16;I=8", "--out",
                  str(tmp_path)]) == 0
-    assert "4 members" in capsys.readouterr().out
+    assert "search space inline: 4 members" in capsys.readouterr().out
     assert main(["extract", "--dry-run", "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "--steps" in capsys.readouterr().err
     assert main(["extract", "--dry-run", "--search-space", "nope.json", "--out", str(tmp_path)]) == 2
@@ -297,5 +297,8 @@ def test_cli_full_run_with_the_fake_backend(tmp_path, monkeypatch, capsys):
     for name in ("ranking.csv", "ranking.json", "best_config.json", "candidates.json", "pareto.png"):
         assert (out / name).stat().st_size > 0, name
     assert get_config(str(out / "best_config.json")).vocab_size == 4096
-    assert main(args) == 2 and "--resume" in capsys.readouterr().err
+    before = (out / "candidates.json").stat().st_mtime_ns
+    other = [a if a != "3" else "8" for a in args]      # another eps: another candidate table
+    assert main(other) == 2 and "--resume" in capsys.readouterr().err
+    assert (out / "candidates.json").stat().st_mtime_ns == before     # refused, untouched
     assert main(args + ["--resume"]) == 0

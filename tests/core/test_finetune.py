@@ -269,6 +269,7 @@ def test_only_inference_reuses_a_finetuned_model(tmp_path):
     with pytest.raises(ValueError, match="--model-parameters"):
         ft.run_finetune(FakeBackend(), _options(tmp_path, task="demo-single", only_inference=True,
                                                 output_dir=str(tmp_path / "x")), progress=False)
+    assert not os.path.exists(tmp_path / "x")        # refused before anything is written
 
 
 def test_diagnostics_train_on_their_task(tmp_path):

@@ -156,6 +156,19 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_export_onnx_cli_takes_a_fine_tuned_classifier(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from bort_core.cli import main
+
+    src = str(tmp_path / "clf.params")
+    tm.save_checkpoint(tm.BortClassifier(_model(use_decoder=False), 3), src)
+    assert main(["export-onnx", src, str(tmp_path / "clf.onnx"), "--config", "bort_tiny",
+                 "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "bort_tiny backbone" in out
+    assert float(out.split("max abs difference")[1]) < 1e-5
+
+
 def test_export_onnx_cli_refuses_to_overwrite_and_names_a_bad_output(tmp_path, capsys):
     from bort_core.cli import main
 
