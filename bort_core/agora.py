@@ -26,7 +26,9 @@ Beyond binary classification (the paper's setting):
 Generators (`--generator`, comma-separated, used in turn): `mlm` masks ~`mask_prob` of a
 sequence's text tokens and samples replacements from the pretrained MLM head; `dropout` deletes
 each text token with probability `drop_prob`; `swap` swaps text tokens with their right
-neighbour with probability `swap_prob`. Each changes at least one token; special tokens stay.
+neighbour with probability `swap_prob`. Each acts on at least one position (a resampled token
+may come back as itself, a swap of equal tokens changes nothing); special tokens stay.
+Mistakes are taken on the task's first dev split (MNLI: matched), which also checks the reference.
 """
 from __future__ import annotations
 
@@ -66,6 +68,9 @@ def expand_grid(spec) -> List[Dict]:
     if isinstance(spec, dict):
         keys = [k for k in GRID_KEYS if k in spec]
         _check_keys(spec)
+        if not keys:
+            raise ValueError("grid: the grid is empty; give at least one of %s"
+                             % ", ".join(GRID_KEYS))
         for k in keys:
             if not isinstance(spec[k], list) or not spec[k]:
                 raise ValueError("grid: %r must be a non-empty list" % k)
@@ -323,9 +328,13 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                          "Agora needs the same tokenizer" % (options.reference_checkpoint,
                                                              ref_vocab, config.vocab_size))
     ref_head = ckpt.split_classifier(ref_params)[1]
+    ref_outputs, ref_dropout = ckpt.classifier_layout(ref_head, options.reference_checkpoint)
+    if ref_outputs != ft.num_outputs(task):
+        raise ValueError("--reference-checkpoint %s has %d output(s), task %s needs %d"
+                         % (options.reference_checkpoint, ref_outputs, task.name,
+                            ft.num_outputs(task)))
     ref_config = get_config(options.reference_config or base.config, vocab_size=ref_vocab)
-    ref_config = ref_config.replace(dropout=ckpt.classifier_layout(ref_head)[1],
-                                    embed_dropout=ckpt.classifier_layout(ref_head)[1])
+    ref_config = ref_config.replace(dropout=ref_dropout, embed_dropout=ref_dropout)
     tokenizer = tokenizer or load_tokenizer(base.vocab)
     if len(tokenizer) != config.vocab_size:
         raise ValueError("the tokenizer has %d entries but the model's vocabulary has %d; pass "

@@ -146,12 +146,13 @@ def run_agora(args):
     options = AgoraOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AgoraOptions)
                               if getattr(args, f.name, None) is not None})
     get_task(base.task)
+    uses_mlm = "mlm" in [name.strip() for name in options.generator.split(",")]
+    if uses_mlm and base.checkpoint is None:     # checked before a framework is imported
+        raise ValueError("--generator mlm needs --checkpoint (the pretrained MLM head); or "
+                         "choose --generator dropout,swap")
     backend = get_backend(args.framework)
     mlm_logits = None
-    if "mlm" in options.generator:
-        if base.checkpoint is None:
-            raise ValueError("--generator mlm needs --checkpoint (the pretrained MLM head); or "
-                             "choose --generator dropout,swap")
+    if uses_mlm:
         fw = load_framework(args.framework, "finetune")
         config = resolve_config(base.config, base.checkpoint, 0.0)
         mlm_model = backend.load(config, base.checkpoint)
