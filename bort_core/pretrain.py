@@ -753,6 +753,10 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
     if master and keep:
         check_writable(options.ckpt_dir)
     start = resolve_start(options.ckpt_dir, options.start_step) if keep else 0
+    if keep and not start and complete_steps(options.ckpt_dir):
+        raise ValueError("--ckpt-dir %s already holds checkpoints (steps %s); pass --start-step "
+                         "latest to resume that run, or choose a fresh --ckpt-dir"
+                         % (options.ckpt_dir, ", ".join(map(str, complete_steps(options.ckpt_dir)))))
     scaler = LossScaler(options.loss_scale, options.scale_window,
                         enabled=options.dtype == "float16")
     if start:

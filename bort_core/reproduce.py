@@ -224,6 +224,7 @@ def _pretrain(stage_dir: str, framework: str, config, data: Dict, steps: int, p:
     if teacher:
         args += ["--teacher", teacher[1], "--teacher-config", teacher[0].name]
     before = _evaluate(framework, config, init, data["eval"], teacher)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)     # an unfinished stage starts afresh
     bort(*args)
     final = os.path.join(ckpt_dir, "%07d.params" % complete_steps(ckpt_dir)[-1])
     after = _evaluate(framework, config, final, data["eval"], teacher)

@@ -78,6 +78,9 @@ def test_resume_is_exact_with_dropout_on(shards, teacher, tmp_path):
     for name, value in straight.items():
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
     assert straight_rows[-1]["loss"] < straight_rows[0]["loss"] * 1.5   # finite, trains
+    with pytest.raises(ValueError, match=r"already holds checkpoints \(steps 3, 6\).*"
+                       "--start-step latest"):
+        tp.pretrain(_options(shards, teacher, str(tmp_path / "b")))     # a fresh start
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_path):
