@@ -1,0 +1,321 @@
+"""Agora against plain fine-tuning on the embedded demo tasks (issue 5).
+
+    python scripts/bench_agora.py [--framework torch|gluon] [--out runs/bench_agora]
+        [--config runs/reproduce/pretrain-torch/config.json
+         --checkpoint runs/reproduce/pretrain-torch/ckpt/0000150.params]
+
+The README's table uses the student that `tox -e reproduce` distils (the second form): a
+bort_tiny pretrained here without a teacher stayed at chance on every demo task.
+
+1. Pretraining (once, cached under OUT/pretrain; skipped with --checkpoint): masked-LM shards
+   from the embedded corpus (`bort create-pretraining-data`, length 128) and a small student
+   pretrained on them without a teacher (`bort pretrain`, --config, --pretrain-steps).
+2. The reference (once per task, cached under OUT/<task>/reference): Agora assumes a reference
+   model better than the student, as the paper's fine-tuned large models were. By default a
+   larger config (--reference, roberta_tiny: 4 layers, 256 units) fine-tuned on the task from
+   random initialisation (--reference-epochs, --reference-lr, seed 0); --reference plain uses
+   each seed's best plain run instead (a reference no better than the baseline it must beat).
+3. Per demo task and per benchmark seed s: a grid of hyper-parameter sets (every --lrs value x
+   --grid-seeds fine-tuning seeds derived from s). Plain: one fine-tuning run per set from the
+   pretrained checkpoint; its score is the best dev score over the grid. Agora: the same grid,
+   the same epochs and batch size, the reference above, generator seed s.
+4. A markdown table per task (best plain dev, Agora dev, Agora's best round, fine-tuning runs,
+   wall time) with the mean over seeds, Agora's per-round runs and seconds from its
+   agora_log.json, written to OUT/bench_agora.md and OUT/bench_agora.json.
+
+Agora's round 1 is the plain grid on the unchanged train set, and Agora returns its best model
+over all rounds, both chosen on dev: when fine-tuning repeats itself for a seed, Agora's dev
+score cannot fall below the plain one. The table therefore also says whether round 1 repeated
+the plain best and what the later rounds (trained on generated points) scored by themselves.
+The demo test splits carry no labels, so there is no held-out score.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from bort_core import agora
+from bort_core import finetune as ft
+from bort_core.data.tasks import get_task
+
+TASKS = ("demo-single", "demo-pair", "demo-regression")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a = p.add_argument
+    a("--framework", choices=("torch", "gluon"), default="torch")
+    a("--out", default="runs/bench_agora", help="output directory (the pretrained model is "
+      "cached here)")
+    a("--config", default="bort_tiny", help="student config: name or JSON (default %(default)s)")
+    a("--checkpoint", help="a pretrained student (.params) to use instead of pretraining one, "
+      "e.g. runs/reproduce/pretrain-torch/ckpt/0000150.params with its config.json as --config")
+    a("--pretrain-steps", type=int, default=2000)
+    a("--pretrain-lr", type=float, default=2e-3)
+    a("--tokens-per-batch", type=int, default=2048)
+    a("--tasks", default=",".join(TASKS))
+    a("--seeds", default="0,1,2", help="benchmark seeds (default %(default)s)")
+    a("--lrs", default="5e-4,1e-3", help="fine-tuning learning rates of the grid")
+    a("--grid-seeds", type=int, default=2, help="fine-tuning seeds per lr in the grid")
+    a("--weight-decay", type=float, default=0.01)
+    a("--epochs", type=int, default=3)
+    a("--batch-size", type=int, default=16)
+    a("--max-len", type=int, default=128)
+    a("--reference", default="roberta_tiny", help="the reference: a config fine-tuned once per "
+      "task from random initialisation, or 'plain' for each seed's best plain run (default "
+      "%(default)s)")
+    a("--reference-epochs", type=int, default=5)
+    a("--reference-lr", type=float, default=1e-4)
+    a("--generator", default="mlm,swap")
+    a("--points-per-mistake", type=int, default=2)
+    a("--max-rounds", type=int, help="Agora's round limit (default: until one set is left)")
+    a("--overwrite", action="store_true", help="redo the task runs (the pretrained model and "
+      "the references are kept)")
+    return p.parse_args(argv)
+
+
+def bort(*args):
+    cmd = ["bort"] + [str(x) for x in args]
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def cached(done, key, path_field):
+    """The record in done.json when it was made with `key` and its file still exists."""
+    if not os.path.exists(done):
+        return None
+    with open(done) as f:
+        info = json.load(f)
+    return info if info["key"] == key and os.path.exists(info[path_field]) else None
+
+
+def pretrained(args) -> str:
+    """--checkpoint, or the cached pretrained checkpoint, made on first use."""
+    if args.checkpoint:
+        if not os.path.exists(args.checkpoint):
+            raise SystemExit("--checkpoint %s does not exist" % args.checkpoint)
+        return args.checkpoint
+    root = os.path.join(args.out, "pretrain")
+    done = os.path.join(root, "done.json")
+    key = {"framework": args.framework, "config": args.config, "steps": args.pretrain_steps,
+           "lr": args.pretrain_lr, "tokens_per_batch": args.tokens_per_batch}
+    info = cached(done, key, "checkpoint")
+    if info:
+        print("pretrained model (cached): %s" % info["checkpoint"], flush=True)
+        return info["checkpoint"]
+    shutil.rmtree(root, ignore_errors=True)
+    t0 = time.time()
+    bort("create-pretraining-data", "--output-dir", os.path.join(root, "data"),
+         "--max-seq-length", 128, "--max-predictions-per-seq", 20, "--num-outputs", 1,
+         "--seed", 12345, "--quiet")
+    ckpt_dir = os.path.join(root, "model")
+    bort("pretrain", "--framework", args.framework, "--student", args.config,
+         "--data", os.path.join(root, "data", "*.npz"), "--ckpt-dir", ckpt_dir,
+         "--num-steps", args.pretrain_steps, "--lr", args.pretrain_lr, "--warmup-ratio", 0.05,
+         "--tokens-per-batch", args.tokens_per_batch, "--log-interval", 100,
+         "--ckpt-interval", args.pretrain_steps, "--seed", 0, "--no-tensorboard", "--quiet")
+    checkpoint = os.path.join(ckpt_dir, "%07d.params" % args.pretrain_steps)
+    log = [json.loads(line) for line in open(os.path.join(ckpt_dir, "log.jsonl"))]
+    last = [r for r in log if r.get("phase") == "train"][-1]
+    info = {"key": key, "checkpoint": checkpoint, "seconds": time.time() - t0,
+            "last_log": {k: last.get(k) for k in ("step", "mlm_loss", "mlm_acc")}}
+    ft.write_json(done, info)
+    return checkpoint
+
+
+def grid_sets(args, seed):
+    lrs = [float(x) for x in args.lrs.split(",")]
+    return [{"seed": 100 * seed + k, "lr": lr} for k in range(args.grid_seeds) for lr in lrs]
+
+
+def base_options(args, task, checkpoint, out, **kw):
+    return ft.FinetuneOptions(task=task, config=args.config, checkpoint=checkpoint,
+                              output_dir=out, overwrite=True, epochs=args.epochs,
+                              batch_size=args.batch_size, dev_batch_size=64,
+                              weight_decay=args.weight_decay, max_len=args.max_len,
+                              warmup_ratio=0.1, **kw)
+
+
+def plain_grid(backend, args, task, checkpoint, grid, out, tokenizer):
+    """One plain run per set; the best by dev score (first in grid order on ties)."""
+    runs, t0 = [], time.time()
+    for i, theta in enumerate(grid):
+        opts = base_options(args, task, checkpoint, os.path.join(out, "set%d" % i), **theta)
+        result = ft.run_finetune(backend, opts, tokenizer, progress=False)
+        score = max(h["score"] for h in result["history"])
+        runs.append({"set": i, "theta": theta, "score": score, "dev": result["dev"],
+                     "model": result["model"]})
+    best = max(runs, key=lambda r: (r["score"], -r["set"]))
+    for r in runs:      # keep only the best model (the reference under --reference plain)
+        for f in glob.glob(os.path.join(out, "set%d" % r["set"], "*.params")):
+            if f != best["model"]:
+                os.remove(f)
+    return {"runs": runs, "best": best, "seconds": time.time() - t0}
+
+
+def reference_model(backend, args, task, out, tokenizer):
+    """The task's reference: --reference fine-tuned from random initialisation (cached)."""
+    done = os.path.join(out, "done.json")
+    key = {"config": args.reference, "epochs": args.reference_epochs, "lr": args.reference_lr,
+           "batch_size": args.batch_size, "max_len": args.max_len}
+    info = cached(done, key, "model")
+    if info:
+        return info
+    t0 = time.time()
+    opts = ft.FinetuneOptions(task=task, config=args.reference, output_dir=out, overwrite=True,
+                              epochs=args.reference_epochs, batch_size=args.batch_size,
+                              dev_batch_size=64, lr=args.reference_lr,
+                              weight_decay=args.weight_decay, max_len=args.max_len,
+                              warmup_ratio=0.1, seed=0)
+    with warnings.catch_warnings():     # random initialisation is the point here
+        warnings.filterwarnings("ignore", message="no --checkpoint")
+        result = ft.run_finetune(backend, opts, tokenizer, progress=False)
+    info = {"key": key, "model": result["model"], "dev": result["dev"],
+            "score": max(h["score"] for h in result["history"]), "seconds": time.time() - t0}
+    ft.write_json(done, info)
+    print("%s reference %s: dev %.4f, %.0fs" % (task, args.reference, info["score"],
+                                                info["seconds"]), flush=True)
+    return info
+
+
+def run_agora(backend, fw, args, task, checkpoint, grid, reference, reference_config, seed, out,
+              tokenizer):
+    os.makedirs(out, exist_ok=True)
+    grid_path = os.path.join(out, "grid.json")
+    ft.write_json(grid_path, grid)
+    base = base_options(args, task, checkpoint, os.path.join(out, "run"), seed=seed)
+    options = agora.AgoraOptions(reference_checkpoint=reference,
+                                 reference_config=reference_config, grid=grid_path,
+                                 generator=args.generator,
+                                 points_per_mistake=args.points_per_mistake,
+                                 max_rounds=args.max_rounds)
+    mlm_logits = None
+    if "mlm" in args.generator:
+        config = ft.resolve_config(args.config, checkpoint, 0.0)
+        mlm_model = backend.load(config, checkpoint)
+        mlm_logits = lambda batches: fw.predict_mlm(mlm_model, batches)  # noqa: E731
+    result = agora.run_agora(backend, base, options, mlm_logits, tokenizer, progress=False)
+    with open(os.path.join(base.output_dir, "agora_log.json")) as f:
+        log = json.load(f)
+    result["per_round"] = [{k: r[k] for k in ("round", "runs", "seconds", "generate_seconds",
+                                               "best_score", "best_set", "dev_mistakes",
+                                               "points_added", "train_size")}
+                           for r in log["rounds"]]
+    result["reference"] = log["reference"]
+    return result
+
+
+def table(task, rows):
+    lines = ["## %s (dev %s)" % (task, get_task(task).metrics[0]), "",
+             "| seed | best plain dev | Agora dev | Agora best round | round 1 = plain best | "
+             "best of rounds >= 2 | plain runs | Agora runs (per round) | plain s | Agora s "
+             "(per round) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        later = [p["best_score"] for p in r["per_round"][1:]]
+        lines.append("| %d | %.4f | %.4f | %s | %s | %s | %d | %d (%s) | %.0f | %.0f (%s) |" % (
+            r["seed"], r["plain"], r["agora"], r["agora_best_round"],
+            "yes" if r["round1_repeats_plain"] else "no",
+            "%.4f" % max(later) if later else "-", r["plain_runs"], r["agora_runs"],
+            ", ".join(str(p["runs"]) for p in r["per_round"]), r["plain_seconds"],
+            r["agora_seconds"],
+            ", ".join("%.0f" % (p["seconds"] + p["generate_seconds"]) for p in r["per_round"])))
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in
+            ("plain", "agora", "plain_runs", "agora_runs", "plain_seconds", "agora_seconds")}
+    wins = sum(r["agora"] > r["plain"] for r in rows)
+    lines.append("| mean | %.4f | %.4f | | | | %.1f | %.1f | %.0f | %.0f |" % (
+        mean["plain"], mean["agora"], mean["plain_runs"], mean["agora_runs"],
+        mean["plain_seconds"], mean["agora_seconds"]))
+    lines += ["", "Agora above the best plain run: %d of %d seeds; mean difference %+.4f." % (
+        wins, len(rows), mean["agora"] - mean["plain"]), ""]
+    return lines, mean
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from bort_core.backend import get_backend
+    from bort_core.cli import load_framework
+    from bort_core.tokenizer import load_tokenizer
+
+    start = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint = pretrained(args)
+    backend = get_backend(args.framework)
+    fw = load_framework(args.framework, "finetune")
+    tokenizer = load_tokenizer(None)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    report = {"settings": vars(args), "checkpoint": checkpoint, "tasks": {}}
+    md = ["# Agora vs plain fine-tuning (%s, %s)" % (args.framework, args.config), ""]
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "tasks", "seeds", "overwrite")}
+    for task in args.tasks.split(","):
+        rows, ref = [], None
+        if args.reference != "plain":
+            ref = reference_model(backend, args, task, os.path.join(args.out, task, "reference"),
+                                  tokenizer)
+        for seed in seeds:
+            out = os.path.join(args.out, task, "seed%d" % seed)
+            if os.path.exists(out) and args.overwrite:
+                shutil.rmtree(out)
+            done = os.path.join(out, "row.json")
+            if os.path.exists(done):
+                with open(done) as f:
+                    row = json.load(f)
+                if row.get("settings") != settings:
+                    raise SystemExit("%s holds a run with other settings; use --overwrite or "
+                                     "another --out" % out)
+                rows.append(row)
+                continue
+            grid = grid_sets(args, seed)
+            plain = plain_grid(backend, args, task, checkpoint, grid,
+                               os.path.join(out, "plain"), tokenizer)
+            if ref is None:
+                reference, reference_config = plain["best"]["model"], None
+            else:
+                reference, reference_config = ref["model"], args.reference
+            result = run_agora(backend, fw, args, task, checkpoint, grid, reference,
+                               reference_config, seed, os.path.join(out, "agora"), tokenizer)
+            first = result["per_round"][0]
+            row = {"seed": seed, "settings": settings, "grid": grid, "plain": plain["best"]["score"],
+                   "plain_set": plain["best"]["set"], "plain_scores": [r["score"] for r in
+                                                                       plain["runs"]],
+                   "plain_runs": len(grid), "plain_seconds": plain["seconds"],
+                   "agora": result["best"]["score"], "agora_best_round": result["best"]["round"],
+                   "agora_best_set": result["best"]["set"], "agora_runs": result["runs"],
+                   "agora_rounds": result["rounds"], "agora_seconds": result["seconds"],
+                   "agora_dev": result["dev"], "reference": result["reference"],
+                   "round1_repeats_plain": bool(abs(first["best_score"] - plain["best"]["score"])
+                                                < 1e-9),
+                   "per_round": result["per_round"]}
+            ft.write_json(done, row)
+            rows.append(row)
+            print("%s seed %d: best plain %.4f, Agora %.4f (round %s), %d + %d runs, %.0fs + %.0fs"
+                  % (task, seed, row["plain"], row["agora"], row["agora_best_round"],
+                     row["plain_runs"], row["agora_runs"], row["plain_seconds"],
+                     row["agora_seconds"]), flush=True)
+        lines, mean = table(task, rows)
+        md += lines
+        if ref is not None:
+            md += ["Reference: %s fine-tuned from random initialisation, dev %.4f (%.0fs)."
+                   % (args.reference, ref["score"], ref["seconds"]), ""]
+        report["tasks"][task] = {"rows": rows, "mean": mean, "reference": ref}
+    report["seconds"] = time.time() - start
+    md += ["Settings: %s" % json.dumps({k: v for k, v in vars(args).items() if k != "out"}),
+           "", "Wall time of this invocation: %.0fs" % report["seconds"], ""]
+    ft.write_json(os.path.join(args.out, "bench_agora.json"), report)
+    with open(os.path.join(args.out, "bench_agora.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
