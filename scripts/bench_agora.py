@@ -19,15 +19,18 @@ bort_tiny pretrained here without a teacher stayed at chance on every demo task.
    --grid-seeds fine-tuning seeds derived from s). Plain: one fine-tuning run per set from the
    pretrained checkpoint; its score is the best dev score over the grid. Agora: the same grid,
    the same epochs and batch size, the reference above, generator seed s.
-4. A markdown table per task (best plain dev, Agora dev, Agora's best round, fine-tuning runs,
-   wall time) with the mean over seeds, Agora's per-round runs and seconds from its
+4. A markdown table per task (best plain and Agora scores on dev and held-out, Agora's best
+   round, fine-tuning runs, wall time) with the mean over seeds, Agora's per-round runs and seconds from its
    agora_log.json, written to OUT/bench_agora.md and OUT/bench_agora.json.
 
 Agora's round 1 is the plain grid on the unchanged train set, and Agora returns its best model
 over all rounds, both chosen on dev: when fine-tuning repeats itself for a seed, Agora's dev
 score cannot fall below the plain one. The table therefore also says whether round 1 repeated
 the plain best and what the later rounds (trained on generated points) scored by themselves.
-The demo test splits carry no labels, so there is no held-out score.
+Agora's later rounds learn from points generated next to dev mistakes, so its dev score is not
+a held-out score. The benchmark therefore also scores the best plain model, Agora's model and the
+reference on the demo test split with its labels (regenerated from the embedded corpus under
+OUT/heldout; the shipped test files carry none, as on GLUE).
 """
 from __future__ import annotations
 
@@ -44,8 +47,11 @@ import warnings
 import numpy as np
 
 from bort_core import agora
+from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
-from bort_core.data.tasks import get_task
+from bort_core.data import demo
+from bort_core.data.pretraining import read_documents
+from bort_core.data.tasks import featurize, get_task
 
 TASKS = ("demo-single", "demo-pair", "demo-regression")
 
@@ -132,6 +138,37 @@ def pretrained(args) -> str:
     return checkpoint
 
 
+def heldout_sets(args, tokenizer):
+    """Each demo task's test split with its labels: the embedded tasks regenerated from the
+    embedded corpus (checked against the shipped files), the test split kept labelled."""
+    out = os.path.join(args.out, "heldout")
+    demo.make_demo_tasks(list(read_documents(demo.CORPUS_PATH)), out, labelled_test=True)
+    sets = {}
+    for name in args.tasks.split(","):
+        for split in ("train", "dev"):
+            rel = os.path.join(name, split + ".tsv")
+            with open(os.path.join(out, rel), "rb") as a, \
+                    open(os.path.join(demo.TASKS_DIR, rel), "rb") as b:
+                if a.read() != b.read():
+                    raise SystemExit("regenerating %s from %s did not give the shipped file"
+                                     % (rel, demo.CORPUS_PATH))
+        task = get_task(name)
+        examples = task.read(task, "dev", os.path.join(out, name, "test.tsv")).examples
+        sets[name] = ft.TaskData("heldout", examples,
+                                 featurize(examples, task, tokenizer, args.max_len))
+    return sets
+
+
+def heldout_score(backend, task, config_name, model_path, data):
+    """The task's selecting metric of a fine-tuned model on the labelled held-out split."""
+    head = ckpt.split_classifier(ckpt.load_params(model_path))[1]
+    dropout = ckpt.classifier_layout(head, model_path)[1]    # the head's layers depend on it
+    config = ft.resolve_config(config_name, model_path, dropout)
+    model = backend.load(config, model_path, ft.num_outputs(task))
+    metrics = ft.score_split(backend, model, task, data, 64)["metrics"]
+    return metrics[task.metrics[0]]
+
+
 def grid_sets(args, seed):
     lrs = [float(x) for x in args.lrs.split(",")]
     return [{"seed": 100 * seed + k, "lr": lr} for k in range(args.grid_seeds) for lr in lrs]
@@ -215,27 +252,34 @@ def run_agora(backend, fw, args, task, checkpoint, grid, reference, reference_co
 
 
 def table(task, rows):
-    lines = ["## %s (dev %s)" % (task, get_task(task).metrics[0]), "",
-             "| seed | best plain dev | Agora dev | Agora best round | round 1 = plain best | "
-             "best of rounds >= 2 | plain runs | Agora runs (per round) | plain s | Agora s "
-             "(per round) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["## %s (%s)" % (task, get_task(task).metrics[0]), "",
+             "| seed | best plain dev | Agora dev | plain held-out | Agora held-out | Agora best "
+             "round | round 1 = plain best | best of rounds >= 2 | plain runs | Agora runs (per "
+             "round) | plain s | Agora s (per round) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         later = [p["best_score"] for p in r["per_round"][1:]]
-        lines.append("| %d | %.4f | %.4f | %s | %s | %s | %d | %d (%s) | %.0f | %.0f (%s) |" % (
-            r["seed"], r["plain"], r["agora"], r["agora_best_round"],
+        lines.append("| %d | %.4f | %.4f | %.4f | %.4f | %s | %s | %s | %d | %d (%s) | %.0f | "
+                     "%.0f (%s) |" % (
+            r["seed"], r["plain"], r["agora"], r["plain_heldout"], r["agora_heldout"],
+            r["agora_best_round"],
             "yes" if r["round1_repeats_plain"] else "no",
             "%.4f" % max(later) if later else "-", r["plain_runs"], r["agora_runs"],
             ", ".join(str(p["runs"]) for p in r["per_round"]), r["plain_seconds"],
             r["agora_seconds"],
             ", ".join("%.0f" % (p["seconds"] + p["generate_seconds"]) for p in r["per_round"])))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in
-            ("plain", "agora", "plain_runs", "agora_runs", "plain_seconds", "agora_seconds")}
-    wins = sum(r["agora"] > r["plain"] for r in rows)
-    lines.append("| mean | %.4f | %.4f | | | | %.1f | %.1f | %.0f | %.0f |" % (
-        mean["plain"], mean["agora"], mean["plain_runs"], mean["agora_runs"],
-        mean["plain_seconds"], mean["agora_seconds"]))
-    lines += ["", "Agora above the best plain run: %d of %d seeds; mean difference %+.4f." % (
-        wins, len(rows), mean["agora"] - mean["plain"]), ""]
+            ("plain", "agora", "plain_heldout", "agora_heldout", "plain_runs", "agora_runs",
+             "plain_seconds", "agora_seconds")}
+    lines.append("| mean | %.4f | %.4f | %.4f | %.4f | | | | %.1f | %.1f | %.0f | %.0f |" % (
+        mean["plain"], mean["agora"], mean["plain_heldout"], mean["agora_heldout"],
+        mean["plain_runs"], mean["agora_runs"], mean["plain_seconds"], mean["agora_seconds"]))
+    lines.append("")
+    for split, key in (("dev", ""), ("held-out", "_heldout")):
+        wins = sum(r["agora" + key] > r["plain" + key] for r in rows)
+        lines.append("Agora above the best plain run on %s: %d of %d seeds; mean difference "
+                     "%+.4f." % (split, wins, len(rows), mean["agora" + key] - mean["plain" + key]))
+    lines.append("")
     return lines, mean
 
 
@@ -251,6 +295,7 @@ def main(argv=None):
     backend = get_backend(args.framework)
     fw = load_framework(args.framework, "finetune")
     tokenizer = load_tokenizer(None)
+    heldout = heldout_sets(args, tokenizer)
     seeds = [int(s) for s in args.seeds.split(",")]
     report = {"settings": vars(args), "checkpoint": checkpoint, "tasks": {}}
     md = ["# Agora vs plain fine-tuning (%s, %s)" % (args.framework, args.config), ""]
@@ -294,18 +339,27 @@ def main(argv=None):
                    "agora_dev": result["dev"], "reference": result["reference"],
                    "round1_repeats_plain": bool(abs(first["best_score"] - plain["best"]["score"])
                                                 < 1e-9),
-                   "per_round": result["per_round"]}
+                   "per_round": result["per_round"], "plain_model": plain["best"]["model"],
+                   "agora_model": result["model"]}
             ft.write_json(done, row)
             rows.append(row)
             print("%s seed %d: best plain %.4f, Agora %.4f (round %s), %d + %d runs, %.0fs + %.0fs"
                   % (task, seed, row["plain"], row["agora"], row["agora_best_round"],
                      row["plain_runs"], row["agora_runs"], row["plain_seconds"],
                      row["agora_seconds"]), flush=True)
+        t = get_task(task)
+        for row in rows:        # scored from the kept models, cached rows included
+            for key in ("plain", "agora"):
+                row[key + "_heldout"] = heldout_score(backend, t, args.config,
+                                                      row[key + "_model"], heldout[task])
         lines, mean = table(task, rows)
         md += lines
         if ref is not None:
-            md += ["Reference: %s fine-tuned from random initialisation, dev %.4f (%.0fs)."
-                   % (args.reference, ref["score"], ref["seconds"]), ""]
+            ref["heldout"] = heldout_score(backend, t, args.reference, ref["model"],
+                                           heldout[task])
+            md += ["Reference: %s fine-tuned from random initialisation, dev %.4f, held-out "
+                   "%.4f (%.0fs)." % (args.reference, ref["score"], ref["heldout"],
+                                      ref["seconds"]), ""]
         report["tasks"][task] = {"rows": rows, "mean": mean, "reference": ref}
     report["seconds"] = time.time() - start
     md += ["Settings: %s" % json.dumps({k: v for k, v in vars(args).items() if k != "out"}),

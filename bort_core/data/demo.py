@@ -215,8 +215,11 @@ def _write_tsv(path, header, rows):
         f.writelines("\t".join(str(c) for c in row) + "\n" for row in rows)
 
 
-def make_demo_tasks(documents: Sequence[Sequence[str]], out_dir: str, seed: int = 7) -> None:
-    """Write the three demo tasks (labels balanced; test files unlabelled, as on GLUE).
+def make_demo_tasks(documents: Sequence[Sequence[str]], out_dir: str, seed: int = 7,
+                    labelled_test: bool = False) -> None:
+    """Write the three demo tasks (labels balanced; test files unlabelled, as on GLUE, unless
+    `labelled_test`: then the test split is written in the dev layout, labels included, as a
+    held-out set for benchmarks).
 
     demo-pair (WNLI layout): is sentence2 the sentence right after sentence1 (1) or a sentence
         from another document (0)?
@@ -256,7 +259,8 @@ def make_demo_tasks(documents: Sequence[Sequence[str]], out_dir: str, seed: int 
         def path(name, split=split):
             return os.path.join(out_dir, name, split + ".tsv")
 
-        if split == "test":
+        unlabelled = split == "test" and not labelled_test
+        if unlabelled:
             _write_tsv(path("demo-pair"), ["index", "sentence1", "sentence2"],
                        [(i, a, b) for i, (a, b, _) in enumerate(pair)])
             _write_tsv(path("demo-single"), ["index", "sentence"],
@@ -266,10 +270,10 @@ def make_demo_tasks(documents: Sequence[Sequence[str]], out_dir: str, seed: int 
                        [(i,) + row for i, row in enumerate(pair)])
             _write_tsv(path("demo-single"), ["sentence", "label"], single)
         sts_head = ["index", "genre", "filename", "year", "old_index", "source1", "source2",
-                    "sentence1", "sentence2"] + ([] if split == "test" else ["score"])
+                    "sentence1", "sentence2"] + ([] if unlabelled else ["score"])
         _write_tsv(path("demo-regression"), sts_head,
                    [(i, "demo", "stdlib", "none", i, "stdlib", "stdlib", a, b)
-                    + (() if split == "test" else (score,))
+                    + (() if unlabelled else (score,))
                     for i, (a, b, score) in enumerate(regression)])
 
 

@@ -33,6 +33,29 @@ def test_vocabulary_is_reproduced_from_the_shipped_corpus(tmp_path):
         assert filecmp.cmp(str(tmp_path / name), os.path.join(demo.DEMO_DIR, name), shallow=False)
 
 
+def test_tasks_are_reproduced_from_the_shipped_corpus_and_test_labels_can_be_kept(tmp_path):
+    from bort_core.data.tasks import get_task
+
+    docs = list(read_documents(demo.CORPUS_PATH))
+    demo.make_demo_tasks(docs, str(tmp_path / "plain"))
+    demo.make_demo_tasks(docs, str(tmp_path / "labelled"), labelled_test=True)
+    for name in demo.DEMO_TASKS:
+        for split in ("train", "dev", "test"):
+            rel = os.path.join(name, split + ".tsv")
+            assert filecmp.cmp(str(tmp_path / "plain" / rel), os.path.join(demo.TASKS_DIR, rel),
+                               shallow=False), rel
+        task = get_task(name)
+        shipped = task.read(task, "test", os.path.join(demo.TASKS_DIR, name, "test.tsv"))
+        held = task.read(task, "dev", str(tmp_path / "labelled" / name / "test.tsv"))
+        assert [e.texts for e in held.examples] == [e.texts for e in shipped.examples]
+        assert all(e.label is None for e in shipped.examples)
+        labels = [e.label for e in held.examples]
+        assert None not in labels
+        if task.class_labels:
+            assert sorted(set(labels)) == sorted(task.class_labels)
+            assert labels.count(task.class_labels[0]) == len(labels) // 2
+
+
 def _shipped_python():
     with open(os.path.join(demo.DEMO_DIR, "NOTICE"), encoding="utf-8") as f:
         return re.search(r"Python (\d+\.\d+)", f.read()).group(1)
