@@ -478,6 +478,28 @@ def save_checkpoint(ckpt_dir: str, step: int, params: Dict[str, np.ndarray],
     return paths["params"]
 
 
+# Options that decide a run's trajectory: a resume must repeat them. Paths, logging, checkpoint
+# and eval intervals may change (the run can move to another directory or machine).
+TRAJECTORY_OPTIONS = ("num_steps", "warmup_ratio", "lr", "weight_decay", "eps", "beta1", "beta2",
+                      "clip_norm", "accumulate", "tokens_per_batch", "num_buckets", "use_avg_len",
+                      "temperature", "mlm_weight", "teacher_ce_weight", "kd_loss", "dtype",
+                      "dropout", "seed", "loss_scale", "scale_window")
+
+
+def check_resume_options(options: PretrainOptions, saved: Dict, source: str) -> None:
+    """Refuse to resume a checkpoint under options that would change its trajectory."""
+    stored = saved.get("options", {})
+    changed = ["--%s %r (saved %r)" % (k.replace("_", "-"), getattr(options, k), stored[k])
+               for k in TRAJECTORY_OPTIONS if k in stored and stored[k] != getattr(options, k)]
+    if "teacher" in stored and (stored["teacher"] is None) != (options.teacher is None):
+        changed.append("--teacher %s (saved %s)" % (options.teacher or "absent",
+                                                     stored["teacher"] or "absent"))
+    if changed:
+        raise ValueError("%s was written with other options than this resume: %s; resume with "
+                         "the saved options, or start a fresh --ckpt-dir" % (source,
+                                                                            "; ".join(changed)))
+
+
 def load_checkpoint(ckpt_dir: str, step: int):
     """(params, optimizer states, meta) of a complete checkpoint."""
     paths = checkpoint_paths(ckpt_dir, step)
@@ -761,6 +783,7 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
                         enabled=options.dtype == "float16")
     if start:
         params, states, saved = load_checkpoint(options.ckpt_dir, start)
+        check_resume_options(options, saved, checkpoint_paths(options.ckpt_dir, start)["meta"])
         engine.load(params, states)
         scaler.load(saved["loss_scaler"])
     log = EventLog(options.ckpt_dir, options.tensorboard) if master and keep else None

@@ -157,6 +157,21 @@ def test_checkpoints_are_complete_only_with_their_marker(tmp_path):
         core.resolve_start(str(tmp_path / "empty"), "latest")
 
 
+def test_a_resume_under_other_trajectory_options_is_refused():
+    saved = core.PretrainOptions(teacher="t.params", lr=1e-3, num_steps=40, ckpt_dir="a")
+    meta = {"options": json.loads(json.dumps(vars(saved)))}     # as the checkpoint stores them
+    # paths, logging and intervals may change: the run moved
+    core.check_resume_options(core.PretrainOptions(
+        teacher="/elsewhere/t.params", lr=1e-3, num_steps=40, ckpt_dir="/b", log_interval=7,
+        ckpt_interval=3, progress=False, tensorboard=False, start_step="latest"), meta, "m.json")
+    with pytest.raises(ValueError, match=r"m.json was written with other options.*--num-steps "
+                       r"80 \(saved 40\); --lr 0.002 \(saved 0.001\)"):
+        core.check_resume_options(core.PretrainOptions(teacher="t.params", lr=2e-3, num_steps=80),
+                                  meta, "m.json")
+    with pytest.raises(ValueError, match=r"--teacher absent \(saved t.params\)"):
+        core.check_resume_options(core.PretrainOptions(lr=1e-3, num_steps=40), meta, "m.json")
+
+
 def test_non_writable_checkpoint_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

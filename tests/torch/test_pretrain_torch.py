@@ -81,6 +81,12 @@ def test_resume_is_exact_with_dropout_on(shards, teacher, tmp_path):
     with pytest.raises(ValueError, match=r"already holds checkpoints \(steps 3, 6\).*"
                        "--start-step latest"):
         tp.pretrain(_options(shards, teacher, str(tmp_path / "b")))     # a fresh start
+    log = os.path.join(str(tmp_path / "b"), "log.jsonl")
+    size = os.path.getsize(log)
+    with pytest.raises(ValueError, match=r"0000003.json was written with other options than "
+                       r"this resume: --lr 0.002 \(saved 0.001\)"):
+        tp.pretrain(_options(shards, teacher, str(tmp_path / "b"), start_step="3", lr=2e-3))
+    assert os.path.getsize(log) == size                             # nothing written
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_path):
