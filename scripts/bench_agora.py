@@ -86,7 +86,12 @@ def parse_args(argv=None):
     a("--max-rounds", type=int, help="Agora's round limit (default: until one set is left)")
     a("--overwrite", action="store_true", help="redo the task runs (the pretrained model and "
       "the references are kept)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.tasks.split(",")) - set(TASKS))
+    if unknown:
+        p.error("--tasks: %s not among the demo tasks (%s)" % (", ".join(unknown),
+                                                               ", ".join(TASKS)))
+    return args
 
 
 def bort(*args):
