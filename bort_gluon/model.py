@@ -193,6 +193,8 @@ def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> H
         raise ValueError("float16 AMP needs a GPU context; on CPU use bfloat16")
     if not block._cached_graph:
         raise ValueError("to_low_precision: hybridize the block and run it once first")
+    if dtype == "bfloat16" and ctx.device_type == "cpu":
+        _check_cpu_bfloat16(ctx)
     keep = [name for name in block._cached_graph[1].get_internals().list_outputs()
             if "interleaved_matmul" in name]
     keep = [name[: -len("_output")] if name.endswith("_output") else name for name in keep]
@@ -201,6 +203,17 @@ def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> H
     except (mx.base.MXNetError, AssertionError) as err:
         raise ValueError("MXNet %s AMP cannot convert this model to %s: %s"
                          % (mx.__version__, dtype, str(err).strip().splitlines()[0])) from err
+
+
+def _check_cpu_bfloat16(ctx) -> None:
+    """MKL-DNN builds bfloat16 FullyConnected only on CPUs with AVX-512 (BF16 or AMX); elsewhere
+    the converted graph would fail at its first run, so probe one tiny GEMM now."""
+    cast = lambda shape: mx.nd.amp_cast(mx.nd.ones(shape, ctx=ctx), dtype="bfloat16")
+    try:
+        mx.nd.FullyConnected(cast((1, 16)), cast((16, 16)), cast((16,)), num_hidden=16).wait_to_read()
+    except mx.base.MXNetError as err:
+        raise ValueError("MXNet %s has no bfloat16 FullyConnected on this CPU (MKL-DNN needs "
+                         "AVX-512): %s" % (mx.__version__, str(err).strip().splitlines()[0])) from err
 
 
 def plain_bert_model(config: BortConfig, use_decoder: bool = True, ctx=None) -> BERTModel:
