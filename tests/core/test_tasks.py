@@ -71,24 +71,25 @@ def test_all_release_tasks_and_demo_tasks_are_registered():
 
 def test_cola_train_has_no_header_and_test_has_an_index_column():
     train = read("cola", "train").examples
-    assert train[0].texts == ("The sailors rode the breeze clear of the rocks.",)
+    assert train[0].texts == ("The gardener watered the roses before breakfast.",)
     assert [e.label for e in train] == ["1", "0", "1", "0"]
     test = read("cola", "test").examples
-    assert [(e.idx, e.texts[0]) for e in test][0] == ("0", "Bill whistled past the house.")
+    assert [(e.idx, e.texts[0]) for e in test][0] == ("0", "Nora hummed past the bakery.")
 
 
 def test_sst2_and_mnli_test_files_keep_their_index_column():
     assert [e.idx for e in read("sst-2", "test").examples] == ["0", "1"]
-    assert read("sst-2", "test").examples[0].texts == ("uneasy mishmash of styles and genres .",)
+    assert read("sst-2", "test").examples[0].texts == (
+        "clumsy patchwork of moods and half-baked ideas .",)
     mm = read("mnli", "test_mismatched").examples
-    assert [e.idx for e in mm] == ["0", "1"] and mm[0].texts[1] == "So what's your decision?"
+    assert [e.idx for e in mm] == ["0", "1"] and mm[0].texts[1] == "So which one did you choose?"
 
 
 def test_qqp_rows_with_missing_fields_are_counted_and_skipped():
     with pytest.warns(UserWarning, match="skipped 1 rows"):
         data = read("qqp", "train")
     assert data.skipped == 1 and len(data.examples) == 3
-    assert all("learn Python" not in e.texts[0] for e in data.examples)
+    assert all("keep basil alive" not in e.texts[0] for e in data.examples)
 
 
 def test_mnli_has_two_dev_sets_with_gold_labels():
@@ -100,7 +101,7 @@ def test_mnli_has_two_dev_sets_with_gold_labels():
 def test_boolean_json_labels(tok):
     boolq = read("boolq", "train").examples
     assert [(e.label, e.raw_label) for e in boolq] == [("true", "true"), ("false", "false")]
-    assert boolq[0].texts[0].startswith("Persian language")        # passage first, as released
+    assert boolq[0].texts[0].startswith("Velorian language")        # passage first, as released
     feats = T.featurize(boolq, T.get_task("boolq"), tok)
     assert feats["label"].tolist() == [1, 0] and feats["label"].dtype == np.int32
     assert [e.label for e in read("wsc", "train").examples] == ["false", "true"]
@@ -141,18 +142,19 @@ def test_truncate_equal(lens, max_len, out):
 
 def test_copa_wsc_cb_unrolling_as_released():
     copa = read("copa", "train").examples
-    assert copa[0].texts == ("My body cast a shadow over the grass. because The sun was rising.",
-                             "My body cast a shadow over the grass. because The grass was cut.")
+    assert copa[0].texts == (
+        "The puddle on the road froze overnight. because The temperature dropped below zero.",
+        "The puddle on the road froze overnight. because The road was repaved.")
     assert " so " in copa[2].texts[0] and copa[2].label == "1"
-    assert read("wsc", "train").examples[0].texts[1] == "He means Mark"
+    assert read("wsc", "train").examples[0].texts[1] == "She means Lena"
     long = read("cb", "train").examples[1].texts[0]
     # more than three '.'-pieces: the last four joined by spaces, first char dropped; no fillers
     assert long == "Then we ate  Then we slept   I don't think he liked it "
     # the release's rule also bites texts of exactly three sentences (kept: faithful features)
     assert read("cb", "train").examples[0].texts[0] == (
-        "t was a complex language  Not written down but handed down  One might say it was "
-        "peeled down ")
-    assert read("cb", "train").examples[2].texts[0].startswith("Valence the void-brain,")
+        "t was an old recipe  Not printed in books but passed along  One might say it was "
+        "cooked by heart ")
+    assert read("cb", "train").examples[2].texts[0].startswith("Corvin the cloud-head,")
 
 
 def test_multirc_one_example_per_answer_with_clean_passage():
