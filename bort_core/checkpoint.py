@@ -274,10 +274,11 @@ def save_ndarrays(path, arrays):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory):
+def fsync_dir(directory):
+    """Make a rename in `directory` durable (best effort: some filesystems refuse it)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -377,7 +378,9 @@ def _check_finite(params, source):
                           % (source, name, bad, a.size), RuntimeWarning, stacklevel=3)
 
 
-def _compare(params, expected, source, what):
+def compare_params(params, expected, source, what):
+    """Check `params` against `expected` (name -> shape): one ValueError naming `source`,
+    `what` the names stand for, and every missing, unexpected, misshapen or non-float entry."""
     problems = []
     for name, shape in expected.items():
         if name not in params:
@@ -414,7 +417,7 @@ def validate_params(params, config, with_decoder=None, source="<params>"):
     if with_decoder is None:
         with_decoder = any(name.startswith("decoder.") for name in params)
     expected = arch.canonical_shapes(config, with_decoder=with_decoder)
-    _compare(params, expected, source, "config %r (vocab_size %d%s)" % (
+    compare_params(params, expected, source, "config %r (vocab_size %d%s)" % (
         config.name, config.vocab_size, ", with decoder" if with_decoder else ", no decoder"))
     _check_finite(params, source)
     return OrderedDict((name, params[name]) for name in expected)
@@ -473,8 +476,8 @@ def validate_classifier_head(head, config, num_classes=None, source="<params>"):
     found, dropout = classifier_layout(head, source)
     num_classes = found if num_classes is None else num_classes
     expected = arch.classifier_shapes(config, num_classes, dropout=dropout)
-    _compare(head, expected, source, "a %d-class classifier head for config %r"
-             % (num_classes, config.name))
+    compare_params(head, expected, source, "a %d-class classifier head for config %r"
+                   % (num_classes, config.name))
     _check_finite(head, source)
     return OrderedDict((n, head[n]) for n in expected), num_classes, dropout
 

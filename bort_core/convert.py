@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from collections import OrderedDict
 
@@ -81,20 +82,48 @@ def read_checkpoint(path: str, config=None):
             hf_config = get_config(config, vocab_size=hf_config.vocab_size)
         return hf_config, ckpt.validate_params(params, hf_config, source=path)
     if fmt == "safetensors":
-        from safetensors import safe_open
-        from safetensors.numpy import load_file
-
-        state = load_file(path)
-        with safe_open(path, framework="numpy") as f:
-            stored = (f.metadata() or {}).get("bort_config")
-        if config is None and stored:
-            config = BortConfig.from_dict(json.loads(stored), source=path)
+        state, metadata = read_safetensors(path)
+        if config is None and "bort_config" in metadata:
+            config = BortConfig.from_dict(json.loads(metadata["bort_config"]), source=path)
     else:
-        import torch
-
-        state = {k: v.numpy() for k, v in torch.load(path, map_location="cpu",
-                                                       weights_only=True).items()}
+        state = _read_torch_state(path)
     return ckpt.resolve_checkpoint(from_torch_state(state), path, config)
+
+
+def _unreadable(path, what, err):
+    cause = type(err).__name__ + (": %s" % err if str(err) else "")
+    return ValueError("%s (%d bytes): not a readable %s; the file may be truncated or corrupt "
+                      "(%s)" % (path, os.path.getsize(path), what, cause))
+
+
+def read_safetensors(path: str):
+    """(tensors, metadata) of a safetensors file; a ValueError naming it if it is unreadable."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(path)
+        with safe_open(path, framework="numpy") as f:
+            return tensors, f.metadata() or {}
+    except SafetensorError as err:
+        raise _unreadable(path, "safetensors file", err) from err
+
+
+def _read_torch_state(path):
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise _unreadable(path, "PyTorch state dict", err) from err
+    if not isinstance(state, dict):
+        raise ValueError("%s: expected a state dict (name -> tensor), found a %s"
+                         % (path, type(state).__name__))
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError("%s: expected a state dict (name -> tensor), but %s is a %s"
+                             % (path, name, type(value).__name__))
+    return {k: v.numpy() for k, v in state.items()}
 
 
 def write_checkpoint(path: str, config, params) -> None:
@@ -145,7 +174,7 @@ def _atomic(path, write):
 def register(sub):
     p = sub.add_parser("convert", help="convert a checkpoint between .params, .pt, "
                        ".safetensors and HuggingFace directories",
-                       description=__doc__.split("\n\n")[0] + ". Formats: .params (MXNet), "
+                       description=__doc__.split("\n\n")[0] + " Formats: .params (MXNet), "
                        ".pt / .safetensors (PyTorch), a directory (HuggingFace BertForMaskedLM).")
     p.add_argument("src", help="checkpoint to read")
     p.add_argument("dst", help="where to write; the format follows the extension")

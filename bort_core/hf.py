@@ -13,10 +13,13 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
+from bort_core import arch
+from bort_core import checkpoint as ckpt
 from bort_core.configs import BortConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -44,6 +47,14 @@ _FIXED = {
 _LEAF = {"gamma": "weight", "beta": "bias", "weight": "weight", "bias": "bias"}
 _CELL_NAME = re.compile(r"^encoder\.transformer_cells\.(\d+)\.(.+)\.(weight|bias|gamma|beta)$")
 _TOKEN_TYPE = "bert.embeddings.token_type_embeddings.weight"
+# What an HF BERT file may hold beyond Bort's weights: buffers HF derives (transformers < 4.31
+# saved them), copies of the tied decoder (checked equal) and BertForPreTraining's pooler and
+# next-sentence head, which Bort has no place for (dropped with a warning, as HF's
+# BertForMaskedLM does). Anything else is an error.
+_BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+_TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+         "cls.predictions.decoder.bias": "cls.predictions.bias"}
+_UNUSED_HEADS = ("bert.pooler.", "cls.seq_relationship.")
 
 
 def hf_name(name: str) -> str:
@@ -90,7 +101,9 @@ def hf_config(config: BortConfig) -> dict:
 
 
 def save_hf(directory: str, config: BortConfig, params) -> None:
-    """Write `config.json` + `model.safetensors` (written to a temp dir, then moved in)."""
+    """Write `config.json` + `model.safetensors` as one atomic, durable step: both go to a
+    fresh sibling folder that then takes `directory`'s place (see `_swap_in`), so a reader
+    never sees new weights with an old config."""
     from safetensors.numpy import save_file
 
     from bort_core.convert import readable_by_all
@@ -98,27 +111,55 @@ def save_hf(directory: str, config: BortConfig, params) -> None:
     tensors = OrderedDict((hf_name(n), np.ascontiguousarray(v)) for n, v in params.items())
     if not config.token_type_vocab_size:
         tensors[_TOKEN_TYPE] = np.zeros((1, config.units), dtype=params["word_embed.0.weight"].dtype)
-    parent = os.path.dirname(os.path.abspath(directory))
+    directory = os.path.realpath(directory)   # through a symlink: replace its target
+    parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tmp-hf-", dir=parent)
     try:
         save_file(tensors, os.path.join(staging, WEIGHTS_NAME), metadata={"format": "pt"})
         with open(os.path.join(staging, CONFIG_NAME), "w") as f:
             json.dump(hf_config(config), f, indent=2)
-        for path in (staging, os.path.join(staging, WEIGHTS_NAME)):
-            readable_by_all(path)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            with open(os.path.join(staging, name), "rb") as f:
+                os.fsync(f.fileno())
+        readable_by_all(os.path.join(staging, WEIGHTS_NAME))
+        ckpt.fsync_dir(staging)
         if os.path.isdir(directory):
-            for name in (WEIGHTS_NAME, CONFIG_NAME):
-                os.replace(os.path.join(staging, name), os.path.join(directory, name))
+            shutil.copymode(directory, staging)
+            _swap_in(staging, directory)
         else:
-            os.replace(staging, directory)
+            readable_by_all(staging)
+            os.rename(staging, directory)
+        ckpt.fsync_dir(parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _swap_in(staging, directory):
+    """Put the folder `staging` in the place of its sibling `directory`, moving across every
+    entry of `directory` but the HF pair (tokenizer files, say). Meanwhile `directory` is
+    briefly absent, never a mixed pair; on a failure everything goes back where it was."""
+    old = staging + ".old"
+    os.rename(directory, old)
+    moved = []
+    try:
+        for name in os.listdir(old):
+            if name not in (WEIGHTS_NAME, CONFIG_NAME):
+                os.rename(os.path.join(old, name), os.path.join(staging, name))
+                moved.append(name)
+        os.rename(staging, directory)
+    except BaseException:
+        for name in moved:
+            os.rename(os.path.join(staging, name), os.path.join(old, name))
+        os.rename(old, directory)
+        raise
+    shutil.rmtree(old)
+
+
 def load_hf(directory: str):
-    """(BortConfig, canonical params) from an HF BERT directory (ours or any BertForMaskedLM)."""
-    from safetensors.numpy import load_file
+    """(BortConfig, canonical params) from an HF BERT directory (ours or any BertForMaskedLM
+    or BertForPreTraining); a tensor Bort has no place for, or a missing one, is an error."""
+    from bort_core.convert import read_safetensors
 
     config_path = os.path.join(directory, CONFIG_NAME)
     weights_path = os.path.join(directory, WEIGHTS_NAME)
@@ -126,7 +167,10 @@ def load_hf(directory: str):
         if not os.path.exists(path):
             raise FileNotFoundError("%s: an HF model directory needs %s" % (directory, path))
     with open(config_path) as f:
-        hf = json.load(f)
+        try:
+            hf = json.load(f)
+        except ValueError as err:
+            raise ValueError("%s: not valid JSON: %s" % (config_path, err)) from err
     if hf.get("model_type", "bert") != "bert":
         raise ValueError("%s: model_type %r is not BERT" % (config_path, hf.get("model_type")))
     if hf.get("hidden_act", "gelu") != "gelu":
@@ -141,16 +185,26 @@ def load_hf(directory: str):
                             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                             decoder_layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                             name=os.path.basename(os.path.normpath(directory)))
-    tensors = load_file(weights_path)
-    from bort_core.arch import canonical_shapes
-
-    params = OrderedDict()
-    for name in canonical_shapes(config):
-        key = hf_name(name)
-        if key not in tensors:
-            raise ValueError("%s: missing tensor %s (for %s)" % (weights_path, key, name))
-        params[name] = tensors[key]
-    if not config.token_type_vocab_size and _TOKEN_TYPE in tensors and tensors[_TOKEN_TYPE].any():
-        raise ValueError("%s: %s is non-zero but config %r has no token types"
-                         % (weights_path, _TOKEN_TYPE, config.name))
-    return config, params
+    tensors, _ = read_safetensors(weights_path)
+    for name in _BUFFERS:
+        tensors.pop(name, None)
+    for alias, target in _TIED.items():
+        if alias in tensors and target in tensors:
+            if not np.array_equal(tensors.pop(alias), tensors[target], equal_nan=True):
+                raise ValueError("%s: %s differs from %s, but Bort ties the two"
+                                 % (weights_path, alias, target))
+    unused = [name for name in tensors if name.startswith(_UNUSED_HEADS)]
+    if unused:
+        warnings.warn("%s: dropping %s: Bort has no pooler or next-sentence head"
+                      % (weights_path, ", ".join(unused)), RuntimeWarning, stacklevel=2)
+        for name in unused:
+            del tensors[name]
+    if not config.token_type_vocab_size:
+        token_type = tensors.pop(_TOKEN_TYPE, None)
+        if token_type is not None and token_type.any():
+            raise ValueError("%s: %s is non-zero but config %r has no token types"
+                             % (weights_path, _TOKEN_TYPE, config.name))
+    shapes = arch.canonical_shapes(config)
+    ckpt.compare_params(tensors, OrderedDict((hf_name(n), s) for n, s in shapes.items()),
+                        weights_path, "config %r in HF BertForMaskedLM names" % config.name)
+    return config, OrderedDict((name, tensors[hf_name(name)]) for name in shapes)
