@@ -42,6 +42,10 @@ options); `.json` is written last, so a checkpoint counts only once it exists. E
 written atomically. `--start-step S` (or `latest`) resumes exactly: the batch stream is a pure
 function of (seed, position) and every step reseeds the framework RNG with (seed, step).
 
+Logs (every `log_interval` steps and at the last, rank 0): losses, accuracy and gradient norm
+as their mean over the steps since the previous line; lr, `skipped` (the running count of
+non-finite float16 steps) and `loss_scale` as their value at the logged step.
+
 Fixed release bugs: P1 (above); P2 the fixed-length bucketing path works; P4 logged distillation
 terms are averaged like the loss; P5 only rank 0 logs and writes; P6 the final step is always
 checkpointed; P7 the loss-scale window is an integer; the run is seeded (`--seed`).
@@ -732,6 +736,8 @@ class Engine:
 
 
 STAT_KEYS = ("loss", "mlm_loss", "mlm_acc", "teacher_ce", "teacher_mse", "tokens")
+# logged as means over the log window; the other row keys as their value at the logged step
+WINDOW_MEANS = ("loss", "mlm_loss", "mlm_acc", "teacher_ce", "teacher_mse", "grad_norm")
 
 
 def _merge(engine, stats: List[Dict]) -> Dict[str, float]:
@@ -816,7 +822,8 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
             bar.update(1)
             if step % options.log_interval == 0 or step == options.num_steps:
                 elapsed = max(time.time() - tic, 1e-9)
-                summary = {k: float(np.mean([r[k] for r in window])) for k in row if k != "tokens"}
+                summary = {k: float(np.mean([r[k] for r in window])) if k in WINDOW_MEANS
+                           else row[k] for k in row if k != "tokens"}
                 summary["tokens_per_s"] = sum(r["tokens"] for r in window) / elapsed
                 summary["duration"] = elapsed
                 if log is not None:

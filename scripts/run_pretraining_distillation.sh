@@ -4,7 +4,8 @@
 #   scripts/run_pretraining_distillation.sh NUMPROC TEST
 # NUMPROC workers: horovodrun (FRAMEWORK=gluon, the default) or torchrun (FRAMEWORK=torch);
 # one worker runs without a launcher. Release values: student bort_4_8_768_1024, teacher
-# roberta_24_1024_16, float16, 2,000,000 steps, lr 1e-4, 1024 tokens per worker and step,
+# roberta_24_1024_16, float16 (the default DTYPE for torch; gluon's is float32, the only dtype
+# bort_gluon pretrains in), 2,000,000 steps, lr 1e-4, 1024 tokens per worker and step,
 # accumulate 1, 20 buckets sized by their mean length, KD weight 0.5 at temperature 2, MLM weight
 # 0.1, log and checkpoint every 10 steps. Without TEACHER: teacherless MLM pretraining.
 # TEST: a 4-step smoke run in float32 on shards of a sample of the embedded demo corpus,
@@ -16,17 +17,20 @@
 # Log: DIR_NAME/train.log (DIR_NAME defaults to MODEL_NAME_model).
 set -euo pipefail
 
-if [ $# -lt 2 ] || { [ "$2" != TEST ] && [ $# -lt 3 ]; }; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+# up to 4 positional arguments; the first one that starts with '-' begins the flags
+ARGS=()
+while [ $# -gt 0 ] && [ ${#ARGS[@]} -lt 4 ] && [[ "$1" != -* ]]; do ARGS+=("$1"); shift; done
+if [ ${#ARGS[@]} -lt 2 ] || { [ "${ARGS[1]}" != TEST ] && [ ${#ARGS[@]} -lt 3 ]; }; then
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
-NUMPROC=$1
-TRAIN_DATA=$2
-EVAL_DATA=${3:-}
-TEACHER=${4:-}
-shift $(( $# < 4 ? $# : 4 ))
+NUMPROC=${ARGS[0]}
+TRAIN_DATA=${ARGS[1]}
+EVAL_DATA=${ARGS[2]:-}
+TEACHER=${ARGS[3]:-}
 FRAMEWORK="${FRAMEWORK:-gluon}"
-DTYPE="${DTYPE:-float16}"
+# torch: the release's float16 (it ran on GPUs); gluon: float32, the only dtype bort_gluon has
+if [ "$FRAMEWORK" = torch ]; then DTYPE="${DTYPE:-float16}"; else DTYPE="${DTYPE:-float32}"; fi
 NUM_STEPS="${NUM_STEPS:-2000000}"
 LR="${LR:-1e-4}"
 BS="${BS:-1024}"

@@ -24,8 +24,9 @@ def register(sub):
     d = PretrainOptions()
     a = p.add_argument
     a("--framework", required=True, choices=("gluon", "torch"), help="the engine")
-    a("--student", default=None, help="student config: registry name, bort_D_A_I_H or JSON "
-      "(default %s; bort_tiny for the embedded demo run)" % d.student)
+    a("--student", "--config", dest="student", default=None, help="student config: registry "
+      "name, bort_D_A_I_H or JSON such as `bort extract`'s best_config.json; --config is an "
+      "alias (default %s; bort_tiny for the embedded demo run)" % d.student)
     a("--init", help="initial student weights (.params) instead of the seeded initialisation")
     a("--teacher", help="teacher checkpoint (.params); none: teacherless MLM pretraining")
     a("--teacher-config", default=d.teacher_config, help="the teacher's config (default %(default)s)")

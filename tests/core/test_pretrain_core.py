@@ -226,3 +226,100 @@ def test_event_log_without_tensorboardx_warns_and_keeps_the_jsonl(tmp_path, monk
     assert [json.loads(line) for line in open(tmp_path / "log.jsonl")] == [
         {"mlm_loss": 2.0, "phase": "eval", "step": 7}]
     assert not (tmp_path / "tensorboard").exists()
+
+
+COUNTER = "encoder.position_weight"     # FakeEngine fills it with its count of updates
+
+
+class FakeEngine(core.Engine):
+    """A numpy stand-in for a framework engine: step k's statistics are known functions of k,
+    one parameter counts the applied updates, the steps in `overflow` are non-finite."""
+
+    def __init__(self, teacher=False, overflow=(), rank=0, world=1):
+        self.weights = core.initial_params(get_config("bort_tiny"), 0)
+        self.teacher = object() if teacher else None
+        self.overflow, self.rank, self.world = set(overflow), rank, world
+        self.step = self.applied = 0
+
+    def params(self):
+        return dict(self.weights)
+
+    def states(self):
+        return {"%s:%s" % (k, n): np.zeros_like(v) for n, v in self.weights.items()
+                for k in ("mean", "var")}
+
+    def backward(self, batch, normalizer, scale):
+        k = self.step + 1
+        stats = {"loss": 1.0 / k, "mlm_loss": 2.0 / k, "mlm_acc": 0.1 * k,
+                 "tokens": float(batch["valid_length"].sum())}
+        if self.teacher is not None:
+            stats.update(teacher_ce=3.0 / k, teacher_mse=0.01 * k * k)
+        return stats
+
+    def update(self, lr, scale):
+        self.step += 1
+        finite = self.step not in self.overflow
+        if finite:
+            self.applied += 1
+            self.weights[COUNTER] = np.full_like(self.weights[COUNTER], self.applied)
+        return {"finite": finite, "grad_norm": float(self.step) if finite else float("inf")}
+
+    def allreduce(self, values):
+        return list(values)
+
+
+def _fake_run(engine, shards, ckpt_dir, **kw):
+    kw = dict(dict(num_steps=6, log_interval=3, ckpt_interval=4), **kw)
+    o = core.PretrainOptions(data=",".join(shards), ckpt_dir=ckpt_dir, warmup_ratio=0.5,
+                             tensorboard=False, **kw)
+    rows = core.run_pretraining(engine, o, core.BatchStream(shards, 96, 4))
+    log = os.path.join(ckpt_dir, "log.jsonl")
+    return o, rows, [json.loads(line) for line in open(log)] if os.path.exists(log) else None
+
+
+def test_the_log_shows_the_running_skipped_count_and_loss_scale_at_the_step(
+        shards, tmp_path, capsys):
+    engine = FakeEngine(overflow=(2, 3, 5))
+    o, rows, log = _fake_run(engine, shards, str(tmp_path / "run"), dtype="float16")
+    assert [r["skipped"] for r in rows] == [0, 1, 2, 2, 3, 3]
+    # the window means would be 1 and 2.67, and a mean of the halving scales
+    assert [(r["step"], r["skipped"], r["loss_scale"]) for r in log] == [
+        (3, 2, 2.0 ** 13), (6, 3, 2.0 ** 12)]
+    assert [r["lr"] for r in log] == [core.learning_rate(s, o) for s in (3, 6)]
+    assert [r["loss"] for r in log] == pytest.approx([np.mean([1, 1 / 2, 1 / 3]),
+                                                      np.mean([1 / 4, 1 / 5, 1 / 6])])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert [line.split("skipped ")[1] for line in lines] == ["2", "3"]
+
+
+def test_logged_distillation_terms_are_window_means_like_the_loss(shards, tmp_path):
+    # release bug P4: the distillation terms were logged without averaging
+    _, _, log = _fake_run(FakeEngine(teacher=True), shards, str(tmp_path / "run"),
+                          progress=False)
+    for row, steps in zip(log, ((1, 2, 3), (4, 5, 6))):
+        want = {"loss": [1 / k for k in steps], "teacher_ce": [3 / k for k in steps],
+                "teacher_mse": [0.01 * k * k for k in steps], "grad_norm": steps}
+        for key, values in want.items():
+            assert row[key] == pytest.approx(np.mean(values)), (row["step"], key)
+
+
+def test_the_final_step_is_checkpointed_off_the_interval(shards, tmp_path):
+    # release bug P6: the final step's parameters were missing from the last checkpoint
+    engine = FakeEngine()
+    o, _, _ = _fake_run(engine, shards, str(tmp_path / "run"), num_steps=5, ckpt_interval=2,
+                        progress=False)
+    assert core.complete_steps(o.ckpt_dir) == [2, 4, 5]
+    params, states, meta = core.load_checkpoint(o.ckpt_dir, 5)
+    assert meta["step"] == 5 and set(states) == set(engine.states())
+    ckpt.validate_params(params, get_config("bort_tiny"))
+    assert (params[COUNTER] == 5).all()                   # step 5's update included
+
+
+def test_only_rank_0_logs_and_writes(shards, tmp_path, capsys):
+    # release bug P5: every process on the first host acted as master
+    worker = str(tmp_path / "worker")
+    _, rows, log = _fake_run(FakeEngine(rank=1, world=2), shards, worker)
+    assert len(rows) == 6 and log is None and not os.path.exists(worker)
+    assert capsys.readouterr() == ("", "")
+    _, _, log = _fake_run(FakeEngine(rank=0, world=2), shards, str(tmp_path / "master"))
+    assert [r["step"] for r in log] == [3, 6] and "step 6:" in capsys.readouterr().out

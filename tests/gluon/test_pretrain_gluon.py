@@ -1,5 +1,5 @@
 """bort_gluon.pretrain: loss terms vs the numpy oracle, GluonNLP's BERTAdam semantics, exact
-resume (also after kill -9), teacherless MLM, precision errors."""
+resume (also after kill -9), teacherless MLM, precision errors, NaN stop."""
 import os
 import signal
 import subprocess
@@ -127,3 +127,15 @@ def test_teacherless_mlm(shards, tmp_path):
 def test_reduced_precision_is_refused_with_a_pointer(shards, tmp_path, dtype):
     with pytest.raises(ValueError, match="--framework torch"):
         gp.pretrain(_options(shards, None, str(tmp_path / "d"), dtype=dtype))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, teacher, tmp_path):
+    o = _options(shards, teacher, str(tmp_path / "e"), lr=1e30, clip_norm=0.0, ckpt_interval=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite.*last good checkpoint") as err:
+        gp.pretrain(o)
+    bad = int(str(err.value).split(":")[0].split()[1])
+    steps = core.complete_steps(o.ckpt_dir)
+    assert bad > 1 and steps[-1] == bad - 1
+    assert "is step %d in %s" % (bad - 1, o.ckpt_dir) in str(err.value)
+    params = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, steps[-1])["params"])
+    assert all(np.isfinite(v).all() for v in params.values())

@@ -5,15 +5,19 @@ import os
 import subprocess
 import sys
 
+from bort_core import pretrain as core
+from bort_core.configs import DEMO_VOCAB_SIZE
+
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
 
 
-def _run(script, args, cwd):
+def _run(script, args, cwd, rc=0, **env):
     env = dict(os.environ, FRAMEWORK="gluon", OMP_NUM_THREADS="1",
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env)
     done = subprocess.run(["bash", os.path.join(SCRIPTS, script)] + args, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == rc, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
 
 
 def test_run_finetune_glue_and_superglue_smoke_modes(tmp_path):
@@ -32,3 +36,20 @@ def test_run_pretraining_distillation_test_mode(tmp_path):
     assert all(r["teacher_ce"] > 0 for r in rows)
     assert (model / "0000004.params").exists() and "horovodrun" not in (
         model / "train.log").read_text()
+
+
+def test_run_pretraining_distillation_defaults_to_float32_and_refuses_float16(tmp_path):
+    # the release's command line (no TEST), shortened to 2 steps of a tiny student
+    for k in range(2):
+        core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 20, DEMO_VOCAB_SIZE,
+                                   seed=k)
+    args = ["1", "part-*.npz", "part-001.npz"]
+    short = dict(NUM_STEPS="2", MODEL_NAME="bort_tiny", BS="160")
+    _run("run_pretraining_distillation.sh", args, tmp_path, **short)
+    model = tmp_path / "bort_tiny_model"
+    assert "--dtype float32" in (model / "train.log").read_text()
+    assert core.complete_steps(str(model)) == [2]
+    done = _run("run_pretraining_distillation.sh", args, tmp_path, rc=2, DTYPE="float16",
+                DIR_NAME="fp16", **short)
+    assert "error: --dtype float16: bort_gluon pretrains in float32" in done.stdout
+    assert not core.complete_steps(str(tmp_path / "fp16"))

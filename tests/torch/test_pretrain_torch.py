@@ -1,5 +1,6 @@
 """bort_torch.pretrain: loss terms vs the numpy oracle, BERTAdam, exact resume (also after
-kill -9), precision modes, NaN stop."""
+kill -9), precision modes, NaN stop, `bort pretrain --config`."""
+import json
 import os
 import signal
 import subprocess
@@ -118,11 +119,20 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_pat
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-def test_teacherless_mlm_and_bfloat16(shards, tmp_path):
-    rows = tp.pretrain(_options(shards, None, str(tmp_path / "c"), dtype="bfloat16",
-                                num_steps=3))
-    assert all(np.isfinite(r["loss"]) and "teacher_ce" not in r for r in rows)
-    assert rows[0]["loss"] == pytest.approx(rows[0]["mlm_loss"])
+@pytest.mark.parametrize("distil", [False, True], ids=["teacherless", "teacher"])
+def test_bfloat16_autocast_runs_and_stays_close_to_float32(shards, teacher, tmp_path, distil):
+    run = lambda dtype: tp.pretrain(_options(shards, teacher if distil else None,
+                                             str(tmp_path / dtype), dtype=dtype, num_steps=3,
+                                             dropout=0.0))
+    full, half = run("float32"), run("bfloat16")
+    keys = ("loss", "mlm_loss") + (("teacher_ce",) if distil else ())
+    for key in keys:
+        a, b = np.array([r[key] for r in full]), np.array([r[key] for r in half])
+        assert np.isfinite(b).all() and (a != b).all(), key        # bfloat16 arithmetic ran
+        np.testing.assert_allclose(b, a, rtol=1e-3, err_msg=key)
+    assert ("teacher_ce" in half[0]) == distil
+    if not distil:
+        assert half[0]["loss"] == pytest.approx(half[0]["mlm_loss"])
 
 
 def test_float16_overflow_skips_and_counts(shards, teacher, tmp_path):
@@ -130,6 +140,10 @@ def test_float16_overflow_skips_and_counts(shards, teacher, tmp_path):
                  loss_scale=2.0 ** 200)
     rows = tp.pretrain(o)
     assert rows[0]["skipped"] >= 1 and rows[-1]["loss_scale"] < 2.0 ** 200
+    # the log line of step 3 holds the running count and the scale at step 3, not window means
+    logged = [json.loads(line) for line in open(os.path.join(o.ckpt_dir, "log.jsonl"))]
+    assert [(r["step"], r["skipped"], r["loss_scale"]) for r in logged] == [
+        (3, rows[-1]["skipped"], rows[-1]["loss_scale"])]
     start = core.initial_params(get_config("bort_tiny"), o.seed)
     end = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, 3)["params"])
     if rows[-1]["skipped"] == 3:     # every step skipped: the weights must not have moved
@@ -146,3 +160,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, teac
     assert bad > 1 and steps[-1] == bad - 1
     params = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, steps[-1])["params"])
     assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_pretrain_from_an_extracted_config_file(shards, tmp_path):
+    from bort_core.cli import main
+    from bort_core.configs import BortConfig
+
+    path = str(tmp_path / "best_config.json")      # as `bort extract` writes it
+    BortConfig.from_dahi(1, 2, 48, 32, vocab_size=DEMO_VOCAB_SIZE, max_length=128).to_json(path)
+    out = str(tmp_path / "f")
+    assert main(["pretrain", "--framework", "torch", "--config", path, "--data", shards,
+                 "--num-steps", "2", "--tokens-per-batch", "160", "--ckpt-dir", out,
+                 "--quiet", "--no-tensorboard"]) == 0
+    params, _, meta = core.load_checkpoint(out, 2)
+    assert meta["options"]["student"] == path
+    ckpt.validate_params(params, get_config(path))    # the extracted architecture was trained

@@ -1,11 +1,15 @@
 """The release-style scripts' smoke modes (scripts/run_finetune.sh TEST1/TEST2,
-scripts/run_pretraining_distillation.sh 1 TEST) with FRAMEWORK=torch, from another directory."""
+scripts/run_pretraining_distillation.sh 1 TEST, and its release command line shortened) with
+FRAMEWORK=torch, from another directory."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from bort_core import pretrain as core
+from bort_core.configs import DEMO_VOCAB_SIZE
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
 FRAMEWORK = "torch"
@@ -47,3 +51,18 @@ def test_run_pretraining_distillation_test_mode(tmp_path):
     assert "--kd-loss kl" in (model / "train.log").read_text()
     usage = _run("run_pretraining_distillation.sh", ["1"], tmp_path)
     assert usage.returncode == 2 and "NUMPROC TEST" in usage.stdout
+
+
+def test_run_pretraining_distillation_defaults_to_the_releases_float16(tmp_path):
+    # the release's command line (no TEST), shortened to 2 steps of a tiny student
+    for k in range(2):
+        core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 20, DEMO_VOCAB_SIZE,
+                                   seed=k)
+    done = _run("run_pretraining_distillation.sh", ["1", "part-*.npz", "part-001.npz", "--seed", "3"],
+                tmp_path, NUM_STEPS="2", MODEL_NAME="bort_tiny", BS="160")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    model = tmp_path / "bort_tiny_model"
+    log = (model / "train.log").read_text()
+    assert "--dtype float16" in log
+    assert "--seed 3" in log and "--teacher " not in log   # a flag after EVAL_GLOB is no teacher
+    assert core.complete_steps(str(model)) == [2]
