@@ -157,12 +157,13 @@ def token_swap(ids: np.ndarray, rng, special, prob: float = 0.1) -> np.ndarray:
 class MaskedLMResample:
     """Mask ~`prob` of the text tokens (at least one) and sample each from the pretrained MLM
     head's softmax (special ids excluded). `mlm_logits(batches)` returns (B, M, V) arrays for
-    batches with `input_ids`, `valid_length`, `masked_positions`."""
+    batches with `input_ids`, `valid_length`, `masked_positions`; it is called with at most
+    `batch_size` sequences at a time (a round can hold thousands of points)."""
 
     def __init__(self, mlm_logits: Callable, mask_id: int, special: Sequence[int],
-                 prob: float = 0.15, pad_id: int = 1):
+                 prob: float = 0.15, pad_id: int = 1, batch_size: int = 32):
         self.mlm_logits, self.mask_id, self.special = mlm_logits, mask_id, list(special)
-        self.prob, self.pad_id = prob, pad_id
+        self.prob, self.pad_id, self.batch_size = prob, pad_id, max(1, int(batch_size))
 
     def __call__(self, seqs: Sequence[np.ndarray], rng) -> List[np.ndarray]:
         masked, positions = [], []
@@ -176,21 +177,21 @@ class MaskedLMResample:
             positions.append(chosen)
         out = [s.copy() for s in seqs]
         todo = [i for i, p in enumerate(positions) if len(p)]
-        if not todo:
-            return out
-        width = max(len(positions[i]) for i in todo)
-        batch = {"input_ids": ft._pad([masked[i] for i in todo], self.pad_id),
-                 "valid_length": np.array([len(masked[i]) for i in todo], np.int32),
-                 "masked_positions": np.zeros((len(todo), width), np.int32)}
-        for r, i in enumerate(todo):
-            batch["masked_positions"][r, :len(positions[i])] = positions[i]
-        logits = np.asarray(self.mlm_logits([batch])[0], dtype=np.float64)
-        logits[..., self.special] = -np.inf
-        for r, i in enumerate(todo):
-            for k, p in enumerate(positions[i]):
-                z = logits[r, k] - logits[r, k].max()
-                prob = np.exp(z) / np.exp(z).sum()
-                out[i][p] = rng.choice(len(prob), p=prob)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            width = max(len(positions[i]) for i in chunk)
+            batch = {"input_ids": ft._pad([masked[i] for i in chunk], self.pad_id),
+                     "valid_length": np.array([len(masked[i]) for i in chunk], np.int32),
+                     "masked_positions": np.zeros((len(chunk), width), np.int32)}
+            for r, i in enumerate(chunk):
+                batch["masked_positions"][r, :len(positions[i])] = positions[i]
+            logits = np.asarray(self.mlm_logits([batch])[0], dtype=np.float64)
+            logits[..., self.special] = -np.inf
+            for r, i in enumerate(chunk):
+                for k, p in enumerate(positions[i]):
+                    z = logits[r, k] - logits[r, k].max()
+                    prob = np.exp(z) / np.exp(z).sum()
+                    out[i][p] = rng.choice(len(prob), p=prob)
         return out
 
 
@@ -349,7 +350,7 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
     mlm = None
     if mlm_logits is not None:
         mlm = MaskedLMResample(mlm_logits, tokenizer.mask_id, special, options.mask_prob,
-                               tokenizer.pad_id)
+                               tokenizer.pad_id, base.dev_batch_size)
     generate = make_generator(options.generator, special, mlm, options.drop_prob,
                               options.swap_prob)
     ft.check_output_dir(base.output_dir, base.overwrite)

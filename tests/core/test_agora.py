@@ -24,8 +24,9 @@ IDS = np.array([0, 10, 11, 12, 13, 14, 2, 20, 21, 22, 2], np.int32)
 def _base(tmp_path, task="demo-single", **kw):
     kw.setdefault("lr", 2.0 if task == "demo-regression" else 20.0)
     kw.setdefault("output_dir", str(tmp_path / "agora"))
+    kw.setdefault("batch_size", 32)
     return ft.FinetuneOptions(task=task, config="bort_tiny", max_len=32, weight_decay=0.0,
-                              warmup_ratio=0.1, batch_size=32, epochs=1, **kw)
+                              warmup_ratio=0.1, epochs=1, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def _grid(tmp_path, spec):
     return str(path)
 
 
-def _run(tmp_path, reference, task="demo-single", grid=None, mlm_logits=None, base=None, **kw):
+def _run(tmp_path, reference, task="demo-single", grid=None, mlm_logits=None, base=None,
+         backend=None, **kw):
     """run_agora over a 4-set grid (2 seeds x 2 lrs); (result, log, recorded warnings)."""
     kw.setdefault("generator", "dropout,swap")
     kw.setdefault("points_per_mistake", 1)
@@ -58,7 +60,7 @@ def _run(tmp_path, reference, task="demo-single", grid=None, mlm_logits=None, ba
     options = agora.AgoraOptions(reference_checkpoint=reference, grid=grid, **kw)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = agora.run_agora(FakeBackend(), base, options, mlm_logits=mlm_logits,
+        result = agora.run_agora(backend or FakeBackend(), base, options, mlm_logits=mlm_logits,
                                  progress=False)
     log = json.load(open(os.path.join(base.output_dir, "agora_log.json")))
     return result, log, [str(w.message) for w in caught]
@@ -176,6 +178,22 @@ def test_masked_lm_resample_masks_text_only_and_never_samples_special_ids():
     few = agora.MaskedLMResample(_fake_mlm(4096, [7], []), mask, SPECIAL, prob=0.15)
     changed = (few([IDS], np.random.RandomState(1))[0] != IDS).sum()
     assert changed == 1                                                    # round(8 * 0.15)
+
+
+def test_masked_lm_resample_calls_the_head_in_batches_with_the_same_draws():
+    """A round can hold thousands of points: the MLM head sees `batch_size` rows at a time,
+    and the chunking changes no sample."""
+    seqs = [IDS[:n] for n in (3, 4, 5, 6, 8, 9, 10, 11)] * 3               # 24 sequences
+    favourite = list(range(5, 4000))
+    calls, whole = [], []
+    chunked = agora.MaskedLMResample(_fake_mlm(4096, favourite, calls), SPECIAL[-1], SPECIAL,
+                                     prob=0.5, batch_size=5)
+    one = agora.MaskedLMResample(_fake_mlm(4096, favourite, whole), SPECIAL[-1], SPECIAL,
+                                 prob=0.5, batch_size=100)
+    a, b = chunked(seqs, np.random.RandomState(2)), one(seqs, np.random.RandomState(2))
+    assert [len(c["valid_length"]) for c in calls] == [5, 5, 5, 5, 4] and len(whole) == 1
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(c["input_ids"].shape[1] == c["valid_length"].max() for c in calls)
 
 
 def test_make_generator_is_seeded_and_rejects_unknown_names():
@@ -330,8 +348,113 @@ def test_mlm_generator_in_the_loop(tmp_path, references):
                      mlm_logits=_fake_mlm(4096, [7], calls), generator="mlm")
     assert _runs(log) == [2, 1] and log["rounds"][0]["points_added"] > 0
     masked = sum(len(b["valid_length"]) for b in calls)
-    assert masked == log["rounds"][0]["points_added"]                    # one MLM call a round
+    assert masked == log["rounds"][0]["points_added"]                    # every point resampled
+    assert max(len(b["valid_length"]) for b in calls) <= 8               # --dev-batch-size
     assert all((b["input_ids"] == SPECIAL[-1]).sum() >= len(b["valid_length"]) for b in calls)
+
+
+KEYWORD = {"neutral": "list", "entailment": "module", "contradiction": "string"}
+FILLER = "the a of to and in is it that for on with as was by at from this are be".split()
+MNLI_HEAD = ("index\tpromptID\tpairID\tgenre\tb1\tb2\tp1\tp2\tsentence1\tsentence2\t"
+             "label1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label")
+
+
+@pytest.fixture(scope="module")
+def mnli(tmp_path_factory):
+    """An MNLI-layout dir (3 classes) whose hypothesis names its label by a keyword; 6 of the
+    30 dev examples carry another gold label (mistakes a keyword reader must make). Returns
+    (data dir, a reference fine-tuned on it, the dev examples' token ids, those 6 indices)."""
+    root = tmp_path_factory.mktemp("mnli")
+    rng = np.random.RandomState(0)
+    labels = list(KEYWORD)
+
+    def rows(n, noisy=()):
+        out = []
+        for i in range(n):
+            label = labels[i % 3]
+            gold = labels[(i + 1) % 3] if i in noisy else label
+            out.append([str(i), "0", "0", "x"] + ["( x )"] * 4 + [
+                " ".join(rng.choice(FILLER, 3)),
+                " ".join(list(rng.choice(FILLER, 3)) + [KEYWORD[label]])] + [gold] * 6)
+        return out
+
+    noisy = (2, 7, 11, 15, 22, 27)
+    (root / "MNLI").mkdir()
+    for name, table in (("train", rows(150)), ("dev_matched", rows(30, noisy)),
+                        ("test_matched", rows(10)), ("test_mismatched", rows(10))):
+        cols = 12 if name == "train" else 16 if name.startswith("dev") else 10
+        head = MNLI_HEAD.split("\t")[:cols - 1] + ["gold_label"] if cols > 10 \
+            else MNLI_HEAD.split("\t")[:10]
+        lines = ["\t".join(head)] + ["\t".join(r[:cols - 1] + [r[-1]]) if cols > 10
+                                    else "\t".join(r[:10]) for r in table]
+        (root / "MNLI" / (name + ".tsv")).write_text("\n".join(lines) + "\n")
+    # mismatched = matched, so a round's best score is its matched accuracy
+    (root / "MNLI" / "dev_mismatched.tsv").write_text((root / "MNLI" / "dev_matched.tsv").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opts = _base(root, "mnli", data_dir=str(root), output_dir=str(root / "ref"), lr=50.0,
+                     batch_size=8)
+        reference = ft.run_finetune(FakeBackend(), opts, progress=False)["model"]
+    data = ft.load_task(tk.get_task("mnli"), str(root), load_tokenizer(), 32, TINY.vocab_size)
+    return str(root), reference, data["dev"][0].features["input_ids"], noisy
+
+
+class RecordingBackend(FakeBackend):
+    """FakeBackend keeping each fine-tuning run's training rows as (token ids, label)."""
+
+    def __init__(self):
+        self.runs = []
+
+    def train_classifier(self, model, batches, steps, hparams):
+        self.runs.append([(tuple(ids[:n].tolist()), int(y)) for b in batches for ids, n, y in
+                          zip(b["input_ids"], b["valid_length"], b["labels"])])
+        return super().train_classifier(model, batches, steps, hparams)
+
+
+def _near(seq, src):
+    """`seq` is `src` with tokens swapped (same multiset) or deleted (a shorter subsequence)."""
+    if len(seq) == len(src):
+        return sorted(seq) == sorted(src)
+    it = iter(src)
+    return len(seq) < len(src) and all(t in it for t in seq)
+
+
+def test_multiclass_loop_mistakes_reference_labels_and_pruning(tmp_path, mnli):
+    from collections import Counter
+
+    data_dir, reference, dev_ids, noisy = mnli
+    backend = RecordingBackend()
+    base = _base(tmp_path, "mnli", data_dir=data_dir, batch_size=8)
+    result, log, caught = _run(tmp_path, reference, "mnli", {"seed": [0, 1], "lr": [50.0, 100.0]},
+                               base=base, backend=backend, points_per_mistake=2)
+    rounds = log["rounds"]
+    assert log["reference"]["chance"] == pytest.approx(10 / 30)          # majority rate
+    assert log["reference"]["accuracy"] == pytest.approx(24 / 30)        # the keyword reader
+    assert not any("reference model" in m for m in caught)
+    assert _runs(log) == [4, 2, 1]
+    for before, after in zip(rounds, rounds[1:]):
+        kept = agora.prune([before["scores"][str(s)] for s in before["sets"]], 0.5)
+        assert after["sets"] == [before["sets"][i] for i in kept]
+    for r in rounds:                                   # argmax != gold on dev_matched
+        assert r["dev_mistakes"] == round(30 * (1 - r["best_score"])) == len(noisy)
+    assert [r["points_added"] for r in rounds] == [12, 12, 0]
+    assert [r["train_size"] for r in rounds] == [162, 174, 174]
+    assert set(result["dev"]) == {"dev_matched", "dev_mismatched"}
+    assert set(result["test"]) == {"test_matched", "test_mismatched"}
+
+    runs = backend.runs
+    assert [len(rows) for rows in runs] == [150] * 4 + [162] * 2 + [174]
+    original = Counter(runs[0])
+    ref = FakeBackend().load(TINY, reference, 3)
+    for run in (4, 6):
+        new = list((Counter(runs[run]) - original).elements())
+        assert len(new) == (12 if run == 4 else 24)
+        seqs = [np.array(s, np.int32) for s, _ in new]
+        expected = FakeBackend().predict(ref, ft.eval_batches(
+            {"input_ids": seqs, "valid_length": np.array([len(s) for s in seqs])}, 8)).argmax(1)
+        assert [label for _, label in new] == expected.tolist()           # the reference's
+        assert len(set(expected.tolist())) == 3                           # all three classes
+        assert all(any(_near(s, tuple(dev_ids[i])) for i in noisy) for s, _ in new)
 
 
 def test_a_bad_reference_is_reported(tmp_path):
