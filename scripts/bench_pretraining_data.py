@@ -1,13 +1,14 @@
 """Benchmark `bort create-pretraining-data`: throughput and peak memory as the input grows.
 
     python scripts/bench_pretraining_data.py [--base-mb 10] [--scale 10] [--workers 2]
+        [--num-outputs 1] [--grow-outputs]
 
 Builds a base input of about --base-mb MB by repeating the embedded demo corpus, and one --scale
-times larger, then runs the command on each in a fresh process (--num-outputs grown with the
-input, so every shard holds the same number of instances; --same-outputs keeps it fixed, and
-then the peak grows with the one shard that is assembled in memory). Reports output tokens per second and
-the peak resident memory of the whole process tree (main process + workers, sampled every 50 ms
-from /proc), as JSON. Memory should stay flat while the input grows --scale times.
+times larger, then runs the command on each in a fresh process with the same --num-outputs (so
+the larger run's shards are --scale times larger; --grow-outputs grows the number of shards with
+the input instead). Reports, per run, the number of shards, output tokens per second and the peak
+resident memory of the whole process tree (main process + workers, sampled every 50 ms from
+/proc), as JSON. Memory should stay flat while the input and its shards grow --scale times.
 """
 import argparse
 import json
@@ -71,10 +72,12 @@ def main(argv=None):
     parser.add_argument("--base-mb", type=float, default=10.0)
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--outputs-per-base", type=int, default=1,
-                        help="shards for the base input (the larger one gets scale times more)")
-    parser.add_argument("--same-outputs", action="store_true",
-                        help="keep --num-outputs fixed instead (shards then grow with the input)")
+    parser.add_argument("--num-outputs", type=int, default=1,
+                        help="shards written for every input (for the base input with "
+                        "--grow-outputs)")
+    parser.add_argument("--grow-outputs", action="store_true",
+                        help="give the larger input --scale times more shards (shards of equal "
+                        "size) instead")
     parser.add_argument("--max-seq-length", type=int, default=512)
     args = parser.parse_args(argv)
     results = []
@@ -83,13 +86,15 @@ def main(argv=None):
             path = os.path.join(tmp, "input-%dx.txt" % factor)
             make_input(path, args.base_mb * factor)
             results.append(run(path, os.path.join(tmp, "out-%dx" % factor), args.workers,
-                               args.outputs_per_base * (1 if args.same_outputs else factor),
+                               args.num_outputs * (factor if args.grow_outputs else 1),
                                args.max_seq_length))
             os.remove(path)
     report = {"machine": "%s, %d CPUs, Python %s" % (platform.platform(), os.cpu_count(),
                                                      platform.python_version()),
               "date": time.strftime("%Y-%m-%d"), "workers": args.workers,
-              "max_seq_length": args.max_seq_length, "runs": results,
+              "max_seq_length": args.max_seq_length,
+              "num_outputs": "grown with the input" if args.grow_outputs else "fixed",
+              "runs": results,
               "memory_ratio_largest_vs_base": round(results[1]["peak_rss_mb"]
                                                     / results[0]["peak_rss_mb"], 2)}
     print(json.dumps(report, indent=2))

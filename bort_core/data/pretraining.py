@@ -22,15 +22,19 @@ Unlike the 2020 script this one
   on the seed only -- not on the number of workers;
 - streams: documents are read in chunks of `docs_per_chunk`, the random "next sentence" comes
   from another document of the same chunk, instances are spooled to disk and each shard is
-  assembled on its own, so memory stays flat as the input grows (peak: one shard).
+  streamed from its spool one instance at a time, so memory stays flat as the input grows (peak:
+  the chunks in flight, plus about 50 bytes an instance of the shard being written).
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
+import io
 import os
+import pickle
 import random
 import zipfile
+from array import array
 from collections import deque
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -242,8 +246,10 @@ def _truncate_pair(a, b, max_tokens, rng):
 # ------------------------------------------------------------------------------------- output
 
 class ShardWriter:
-    """Spools instances round-robin to `num_outputs` shards on disk, then writes each
-    `part-%03d.npz` on its own (so peak memory is one shard, not the whole output)."""
+    """Spools instances round-robin to `num_outputs` shards on disk, then streams each
+    `part-%03d.npz` from its spool in the shard's shuffled order. Memory holds one instance and
+    a per-instance index (9 bytes an instance, about 50 while its shard is written), whatever
+    the size of the shard."""
 
     def __init__(self, output_dir: str, num_outputs: int, seed: int):
         if num_outputs < 1:
@@ -251,17 +257,21 @@ class ShardWriter:
         os.makedirs(output_dir, exist_ok=True)
         self.output_dir, self.seed, self.count = output_dir, seed, 0
         self._spools = [open(self._spool(k), "wb") for k in range(num_outputs)]
+        # per shard, in spool order: len(input_ids), len(masked_lm_ids), next_sentence_label
+        self._index = [(array("i"), array("i"), array("b")) for _ in range(num_outputs)]
 
     def _spool(self, k):
         return os.path.join(self.output_dir, ".part-%03d.spool" % k)
 
     def add(self, inst: dict) -> None:
-        head = np.array([len(inst["input_ids"]), len(inst["masked_lm_ids"]),
-                         inst["next_sentence_labels"]], dtype=np.int32)
-        f = self._spools[self.count % len(self._spools)]
-        for arr in (head, inst["input_ids"], inst["segment_ids"], inst["masked_lm_positions"],
+        k = self.count % len(self._spools)
+        for arr in (inst["input_ids"], inst["segment_ids"], inst["masked_lm_positions"],
                     inst["masked_lm_ids"]):
-            f.write(arr.tobytes())
+            self._spools[k].write(np.asarray(arr, dtype=np.int32).tobytes())
+        lengths, masked, labels = self._index[k]
+        lengths.append(len(inst["input_ids"]))
+        masked.append(len(inst["masked_lm_ids"]))
+        labels.append(inst["next_sentence_labels"])
         self.count += 1
 
     def close(self) -> List[str]:
@@ -271,37 +281,123 @@ class ShardWriter:
             paths.append(self._write_shard(k))
         return paths
 
+    def _shuffled_index(self, k):
+        """Shard k's records in the shard's shuffled order (`random.shuffle` of them with the
+        shard's seed): their starts in the spool (in int32s), lengths, masked counts and labels."""
+        lengths, masked, labels = (np.frombuffer(c, dtype=c.typecode) for c in self._index[k])
+        starts = np.cumsum(lengths + masked, dtype=np.int64)
+        starts -= lengths + masked
+        starts *= 2                     # four fields of lengths (n, n, m, m) a record
+        order = array("q", range(len(lengths)))
+        random.Random("%d/shard/%d" % (self.seed, k)).shuffle(order)
+        order = np.frombuffer(order, dtype=np.int64)
+        return starts[order], lengths[order], masked[order], labels[order]
+
     def _write_shard(self, k) -> str:
-        data = np.fromfile(self._spool(k), dtype=np.int32)
-        records, at = [], 0
-        while at < len(data):
-            n, m, nsp = (int(v) for v in data[at:at + 3])
-            at += 3
-            parts = np.split(data[at:at + 2 * n + 2 * m], [n, 2 * n, 2 * n + m])
-            records.append((parts, nsp))
-            at += 2 * n + 2 * m
-        random.Random("%d/shard/%d" % (self.seed, k)).shuffle(records)
-        fields = {name: object_array([r[0][j] for r in records])
-                  for j, name in enumerate(("input_ids", "segment_ids", "masked_lm_positions",
-                                            "masked_lm_ids"))}
-        fields["masked_lm_weights"] = object_array(
-            [np.ones(len(r[0][3]), dtype=np.float32) for r in records])
-        fields["next_sentence_labels"] = np.array([r[1] for r in records], dtype=np.int32)
-        fields["valid_lengths"] = np.array([len(r[0][0]) for r in records], dtype=np.int32)
+        starts, n, m, labels = self._shuffled_index(k)
+        numeric = {"next_sentence_labels": labels.astype(np.int32),
+                   "valid_lengths": n.astype(np.int32)}
+        # each field of a record in the spool: (start in the record, length) in int32s
+        spans = {"input_ids": (0, n), "segment_ids": (n, n), "masked_lm_positions": (2 * n, m),
+                 "masked_lm_ids": (2 * n + m, m)}
+        item_pickle = _ItemPickler()
+        weights = {c: item_pickle(np.ones(c, dtype=np.float32)) for c in np.unique(m).tolist()}
         path = os.path.join(self.output_dir, "part-%03d.npz" % k)
-        _save_npz(path + ".tmp", fields)
+        with open(self._spool(k), "rb") as spool, \
+                zipfile.ZipFile(path + ".tmp", "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for name in sorted(FIELDS):
+                # np.savez_compressed's layout, at zlib level 1 (about three times faster)
+                with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                    if name in numeric:
+                        np.lib.format.write_array(f, numeric[name])
+                    elif name == "masked_lm_weights":
+                        _write_object_array(f, len(m), (weights[c] for c, in _rows(m)))
+                    else:
+                        _write_object_array(f, len(m), (
+                            item_pickle(_read_int32(spool, at, size))
+                            for at, size in _rows(starts + spans[name][0], spans[name][1])))
         os.replace(path + ".tmp", path)
         os.remove(self._spool(k))
         return path
 
 
-def _save_npz(path: str, fields: Dict[str, np.ndarray]) -> None:
-    """np.savez_compressed's format (a deflated zip of .npy files), at zlib level 1: the same
-    files for every reader, written about three times faster."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for name in sorted(fields):
-            with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, fields[name], allow_pickle=True)
+def _rows(*columns: np.ndarray, chunk: int = 256) -> Iterator[tuple]:
+    """zip(*columns) as Python ints, converting `chunk` rows at a time."""
+    for i in range(0, len(columns[0]), chunk):
+        yield from zip(*(c[i:i + chunk].tolist() for c in columns))
+
+
+def _read_int32(f, at: int, count: int) -> np.ndarray:
+    f.seek(4 * at)
+    return np.frombuffer(f.read(4 * count), dtype=np.int32)
+
+
+class _ItemPickler:
+    """Pickles arrays one at a time (protocol 3) in fast mode, so without memo: pieces that
+    neither define nor refer to memo entries, less the PROTO and STOP that frame a pickle."""
+
+    def __init__(self):
+        self._buf = io.BytesIO()
+        self._pickler = pickle.Pickler(self._buf, protocol=3)
+        self._pickler.fast = True
+
+    def __call__(self, arr: np.ndarray) -> bytes:
+        self._buf.seek(0)
+        self._buf.truncate()
+        self._pickler.dump(arr)
+        return self._buf.getvalue()[2:-1]
+
+
+def _write_object_array(f, count: int, items: Iterable[bytes]) -> None:
+    """Write the .npy file of a 1-D object array of `count` items, each given pickled by
+    `_ItemPickler`, as np.save would (header 1.0, then a protocol-3 pickle of the array) but one
+    item at a time: np.save pickles the whole array in memory first."""
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(
+        np.dtype(object)), "fortran_order": False, "shape": (count,)})
+    func, args, state = np.empty(0, dtype=object).__reduce__()
+    # ndarray's state: (version, shape, dtype, is_fortran, list of the items)
+    state = state[:1] + ((count,),) + state[2:4] + (_PickledItems(items),)
+    _ArrayPickler(f, protocol=3).dump(_Reduced((func, args, state)))
+
+
+class _Reduced:
+    """Pickles as the given __reduce__ value (here: an object array's)."""
+
+    def __init__(self, reduced):
+        self.reduced = reduced
+
+    def __reduce_ex__(self, protocol):
+        return self.reduced
+
+
+class _PickledItems:
+    """The items of a list, already pickled, for `_ArrayPickler`."""
+
+    def __init__(self, items: Iterable[bytes]):
+        self.items = items
+
+
+class _ArrayPickler(pickle._Pickler):
+    """The pure-Python pickler (which writes as it goes; the C one buffers a whole protocol-3
+    pickle) that saves `_PickledItems` as a list: EMPTY_LIST, then the items in batches of 1000
+    between MARK and APPENDS, as pickle does. The items use no memo, so they cannot clash with
+    the entries this pickler defines around them."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_pickled_items(self, obj):
+        self.write(pickle.EMPTY_LIST)
+        self.memoize(obj)
+        count = 0
+        for item in obj.items:
+            if count % 1000 == 0:
+                self.write(pickle.APPENDS + pickle.MARK if count else pickle.MARK)
+            self.write(item)
+            count += 1
+        if count:
+            self.write(pickle.APPENDS)
+
+    dispatch[_PickledItems] = _save_pickled_items
 
 
 def object_array(arrays) -> np.ndarray:

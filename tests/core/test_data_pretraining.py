@@ -1,9 +1,16 @@
 """create-pretraining-data: the 2020 format without release bugs B1-B4, determinism, statistics."""
 import filecmp
+import io
 import json
 import os
+import pickletools
 import random
 import shutil
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +20,7 @@ from bort_core.data import pretraining as pt
 from bort_core.data.demo import CORPUS_PATH
 from bort_core.tokenizer import DEMO_DIR, load_tokenizer
 
+REPO = Path(__file__).resolve().parents[2]
 DTYPES = {"input_ids": np.int32, "segment_ids": np.int32, "masked_lm_positions": np.int32,
           "masked_lm_ids": np.int32, "masked_lm_weights": np.float32}
 
@@ -204,6 +212,144 @@ def test_equal_lengths_stay_one_dimensional_object_arrays_b4(tmp_path):
         assert shard[name].shape == (3,) and shard[name].dtype == object
     assert sorted(int(a[0]) for a in shard["input_ids"]) == [0, 1, 2]
     assert not [n for n in os.listdir(str(tmp_path)) if n.endswith(".spool")]
+
+
+def _assemble(instances, num_outputs, seed):
+    """The shards as the writer assembled them in memory before it streamed: instances dealt
+    round-robin, each shard's list shuffled with its seed, one object array per field."""
+    shards = []
+    for k in range(num_outputs):
+        records = instances[k::num_outputs]
+        random.Random("%d/shard/%d" % (seed, k)).shuffle(records)
+        fields = {name: pt.object_array([r[name] for r in records]) for name in
+                  ("input_ids", "segment_ids", "masked_lm_positions", "masked_lm_ids")}
+        fields["masked_lm_weights"] = pt.object_array(
+            [np.ones(len(r["masked_lm_ids"]), dtype=np.float32) for r in records])
+        fields["next_sentence_labels"] = np.array([r["next_sentence_labels"] for r in records],
+                                                  dtype=np.int32)
+        fields["valid_lengths"] = np.array([len(r["input_ids"]) for r in records],
+                                           dtype=np.int32)
+        shards.append(fields)
+    return shards
+
+
+def _assert_same_arrays(got, expected):
+    assert sorted(got) == sorted(expected)
+    for name, want in expected.items():
+        have = got[name]
+        assert have.dtype == want.dtype and have.shape == want.shape, name
+        if want.dtype == object:
+            assert all(a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+                       for a, b in zip(have, want)), name
+        else:
+            assert np.array_equal(have, want), name
+
+
+def test_streamed_shards_load_as_the_in_memory_writer_wrote_them(corpus, tok, tmp_path,
+                                                                 monkeypatch):
+    added, add = [], pt.ShardWriter.add
+
+    def recording_add(writer, inst):
+        added.append(inst)
+        add(writer, inst)
+
+    monkeypatch.setattr(pt.ShardWriter, "add", recording_add)
+    stats, loaded = _make(corpus, tok, tmp_path / "out", outputs=3, dupe_factor=2, seed=5)
+    assert len(added) == stats["instances"] > 500
+    for k, (path, shard, want) in enumerate(zip(stats["files"], loaded,
+                                                _assemble(added, 3, seed=5))):
+        old = str(tmp_path / ("old-%d.npz" % k))
+        np.savez_compressed(old, **want)
+        with np.load(old, allow_pickle=True) as expected:
+            _assert_same_arrays(shard, dict(expected))
+        with zipfile.ZipFile(path) as zf:
+            assert zf.namelist() == [name + ".npy" for name in sorted(pt.FIELDS)]
+            with zf.open("input_ids.npy") as f:     # a well-formed pickle, memo included
+                assert np.lib.format.read_magic(f) == (1, 0)
+                np.lib.format.read_array_header_1_0(f)
+                pickletools.dis(f.read(), out=io.StringIO())
+
+
+def _synthetic(count, length=512, predictions=76):
+    """`count` distinct instances of `length` tokens."""
+    ids = np.random.RandomState(0).randint(0, 50000, length).astype(np.int32)
+    segments = (np.arange(length) >= length // 2).astype(np.int32)
+    positions = np.arange(1, predictions + 1, dtype=np.int32)
+    for i in range(count):
+        yield {"input_ids": np.roll(ids, i), "segment_ids": segments,
+               "masked_lm_positions": positions, "masked_lm_ids": np.roll(ids, i)[positions],
+               "next_sentence_labels": i % 2}
+
+
+def _peak_bytes_writing(directory, count):
+    """tracemalloc's peak while `count` instances go through a ShardWriter into one shard."""
+    tracemalloc.start()
+    try:
+        writer = pt.ShardWriter(directory, 1, seed=0)
+        for inst in _synthetic(count):
+            writer.add(inst)
+        (path,) = writer.close()
+        return tracemalloc.get_traced_memory()[1], path
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_stays_flat_as_the_shard_grows(tmp_path):
+    small, _ = _peak_bytes_writing(str(tmp_path / "small"), 200)
+    large, path = _peak_bytes_writing(str(tmp_path / "large"), 2000)
+    record = 4 * (2 * 512 + 2 * 76)           # bytes an instance takes in the spool
+    # a shard held in memory costs >= `record` bytes an instance (the old writer: about twice)
+    assert large < 1.5 * small and (large - small) / 1800 < 128 < record / 30, (small, large)
+    with np.load(path, allow_pickle=True) as shard:    # 2000 items: two pickle batches
+        _assert_same_arrays(dict(shard), _assemble(list(_synthetic(2000)), 1, seed=0)[0])
+
+
+# flattens a shard into plain arrays (no pickles), for interpreters to compare what they loaded
+_FLATTEN = """
+import sys
+import numpy as np
+shard, flat = np.load(sys.argv[1], allow_pickle=True), {}
+for name in shard.files:
+    a = shard[name]
+    flat[name + ".dtype"], flat[name + ".shape"] = np.array(str(a.dtype)), np.array(a.shape)
+    if a.dtype == object:
+        flat[name + ".items"] = np.array(sorted({(str(x.dtype), x.ndim) for x in a}), dtype=str)
+        flat[name + ".lengths"] = np.array([len(x) for x in a])
+        a = np.concatenate(list(a))
+    flat[name] = a
+np.savez(sys.argv[2], **flat)
+print(np.__version__)
+"""
+
+
+def _legacy_python():
+    """An interpreter of the 2020 stack (numpy 1.16), looked for where
+    tests/gluon/test_checkpoint_mxnet.py looks."""
+    for exe in (os.environ.get("BORT_LEGACY_PYTHON"), str(REPO / ".tox/legacy/bin/python"),
+                "/tmp/venv37/bin/python"):
+        if exe and os.path.exists(exe) and subprocess.run(
+                [exe, "-c", "import numpy"], stderr=subprocess.DEVNULL, timeout=60).returncode == 0:
+            return exe
+    return None
+
+
+def test_shards_load_the_same_in_the_legacy_numpy(shards, tmp_path):
+    exe = _legacy_python()
+    if exe is None:
+        pytest.skip("no legacy Python with numpy found (set BORT_LEGACY_PYTHON, or build the tox "
+                    "legacy env / /tmp/venv37)")
+    flat = []
+    for k, python in enumerate((exe, sys.executable)):
+        out = str(tmp_path / ("%d.npz" % k))
+        result = subprocess.run([python, "-c", _FLATTEN, shards[0]["files"][0], out],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                universal_newlines=True, timeout=120)
+        assert result.returncode == 0, result.stdout
+        flat.append(dict(np.load(out)))
+    old, new = flat
+    assert sorted(old) == sorted(new)
+    assert all(np.array_equal(old[k], new[k]) and old[k].dtype == new[k].dtype for k in old)
+    assert old["input_ids.items"].tolist() == [["int32", "1"]]
 
 
 def test_bad_arguments_are_reported(tok, tmp_path):

@@ -19,7 +19,9 @@ def shard(tmp_path_factory):
     text.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
     stats = pt.create_pretraining_data(
         [str(text)], str(tmp_path_factory.mktemp("out")), load_tokenizer(),
-        pt.PretrainingOptions(max_seq_length=128, max_predictions_per_seq=20), progress=False)
+        pt.PretrainingOptions(max_seq_length=128, max_predictions_per_seq=20, dupe_factor=4),
+        progress=False)
+    assert stats["instances"] > 1000    # the streamed pickles append items in batches of 1000
     return stats["files"][0], stats
 
 
@@ -46,3 +48,14 @@ def test_shard_loads_like_the_2020_loader(shard):
         assert (counts == np.minimum(20, np.maximum(1, np.round(vlen.asnumpy() * 0.15)))).all()
         seen += n
     assert seen == len(dataset)
+
+
+def test_every_sample_is_one_record_across_the_fields(shard):
+    path, _ = shard
+    dataset = nlp.data.NumpyDataset(path, allow_pickle=True)
+    dtypes = [np.int32, np.int32, np.int32, np.float32, np.int32, np.int32, np.int32]
+    for ids, mlm_ids, mlm_pos, mlm_w, nsp, seg, vlen in dataset:
+        assert [np.asarray(x).dtype for x in (ids, mlm_ids, mlm_pos, mlm_w, nsp, seg, vlen)] \
+            == dtypes
+        assert len(ids) == len(seg) == vlen and len(mlm_ids) == len(mlm_pos) == len(mlm_w)
+        assert nsp in (0, 1) and 0 < mlm_pos.min() <= mlm_pos.max() < vlen - 1
