@@ -207,10 +207,16 @@ def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> H
 
 def _check_cpu_bfloat16(ctx) -> None:
     """MKL-DNN builds bfloat16 FullyConnected only on CPUs with AVX-512 (BF16 or AMX); elsewhere
-    the converted graph would fail at its first run, so probe one tiny GEMM now."""
-    cast = lambda shape: mx.nd.amp_cast(mx.nd.ones(shape, ctx=ctx), dtype="bfloat16")
+    the converted graph would fail at its first run, so convert and run one tiny Dense now."""
+    from mxnet.contrib import amp
+
+    probe = mx.gluon.nn.Dense(16, in_units=16)
+    probe.initialize(ctx=ctx)
+    probe.hybridize()
+    x = mx.nd.ones((1, 16), ctx=ctx)
+    probe(x).wait_to_read()
     try:
-        mx.nd.FullyConnected(cast((1, 16)), cast((16, 16)), cast((16,)), num_hidden=16).wait_to_read()
+        amp.convert_hybrid_block(probe, target_dtype="bfloat16", ctx=ctx)(x).wait_to_read()
     except mx.base.MXNetError as err:
         raise ValueError("MXNet %s has no bfloat16 FullyConnected on this CPU (MKL-DNN needs "
                          "AVX-512): %s" % (mx.__version__, str(err).strip().splitlines()[0])) from err

@@ -1,5 +1,6 @@
-"""Checks shared by the framework test folders, as fixtures (tests/torch and tests/gluon run the
-same end-to-end checks on their own backend)."""
+"""`bort agora` end to end on each framework's real Backend with point generation: three rounds
+over a 3-set grid, the mlm (the real MLM head), dropout and swap generators, every added point
+labelled with the reference model's prediction, pruning, and the outputs."""
 import importlib
 import json
 import os
@@ -9,13 +10,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bort_core import agora
-from bort_core import backend as bk
-from bort_core import checkpoint as ckpt
-from bort_core.cli import main
-from bort_core.configs import get_config
-from bort_core.data.demo import TASKS_DIR
-from bort_core.pretrain import initial_params
+pytest.importorskip("torch")
+pytest.importorskip("mxnet")
+pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:the reference model")]
+
+from bort_core import agora  # noqa: E402
+from bort_core import backend as bk  # noqa: E402
+from bort_core import checkpoint as ckpt  # noqa: E402
+from bort_core.cli import main  # noqa: E402
+from bort_core.configs import get_config  # noqa: E402
+from bort_core.data.demo import TASKS_DIR  # noqa: E402
+from bort_core.pretrain import initial_params  # noqa: E402
 
 N_TRAIN, N_DEV, N_TEST = 32, 12, 4
 COMMON = ["--task", "demo-single", "--config", "bort_tiny",
@@ -138,7 +143,7 @@ def check_agora_end_to_end(framework, root, monkeypatch):
     assert not [p for p in os.listdir(out) if p.startswith("agora-")]
 
 
-@pytest.fixture
-def agora_end_to_end(tmp_path, monkeypatch):
-    """`agora_end_to_end(framework)`: `bort agora` end to end on that framework's Backend."""
-    return lambda framework: check_agora_end_to_end(framework, tmp_path, monkeypatch)
+
+@pytest.mark.parametrize("framework", ["gluon", "torch"])
+def test_agora_generates_reference_labelled_points_and_prunes(framework, tmp_path, monkeypatch):
+    check_agora_end_to_end(framework, tmp_path, monkeypatch)
