@@ -9,7 +9,7 @@ dropout placement follow the 2020 model (../shared/reference/original-code.md): 
 
 Fast paths (each switchable, parameters untouched): the fused QKV GEMM + SDPA attention
 (`set_fast_attention`) and the unpadded encoder (`set_unpadded`), which runs every position-wise
-op on the real tokens only (`Packing`).
+op (and, on CPU, the attention) on the real tokens only (`Packing`).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class Packing:
 
     def __init__(self, key_mask: torch.Tensor):
         self.shape = key_mask.shape                               # (B, L)
+        self.key_mask_lengths = key_mask.sum(1)                   # (B,) real tokens a sequence
         flat = key_mask.flatten()                                 # True = real token
         self.index = flat.nonzero().squeeze(1)                    # (N,) into B * L
         self.pad_index = (~flat).nonzero().squeeze(1)             # the other B * L - N
@@ -43,6 +44,11 @@ class Packing:
     @property
     def has_padding(self) -> bool:
         return self.pad_index.numel() > 0
+
+    def segments(self):
+        """[(start, end)] of each sequence's rows; valid for prefix masks (valid_length)."""
+        ends = self.key_mask_lengths.cumsum(0).tolist()
+        return list(zip([0] + ends[:-1], ends))
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(0, 1).index_select(0, self.index)
@@ -89,6 +95,21 @@ class MultiHeadSelfAttention(nn.Module):
                 self._qkv_cache = (key, torch.cat(tensors[:3]), torch.cat(tensors[3:]))
         return self._qkv_cache[1], self._qkv_cache[2]
 
+    def _packed_attention(self, qkv: torch.Tensor, packing: Packing) -> torch.Tensor:
+        """SDPA sequence by sequence on the packed (N, 3U) rows: no padded query or key is
+        computed, and nothing is scattered to (B, L). Used on CPU, where this saves about a
+        third of the attention time at the benchmark's valid lengths; on CUDA one padded
+        SDPA call is kept (a kernel launch per sequence would cost more than it saves)."""
+        rows = qkv.shape[0]
+        q, k, v = qkv.view(1, rows, 3, self.num_heads, -1).unbind(2)      # (1, N, H, D) each
+        heads = lambda t, s, e: t[:, s:e].transpose(1, 2)                 # noqa: E731
+        dropout = self.dropout if self.training else 0.0
+        out = torch.cat([F.scaled_dot_product_attention(heads(q, s, e), heads(k, s, e),
+                                                        heads(v, s, e), dropout_p=dropout
+                                                        ).transpose(1, 2)
+                         for s, e in packing.segments()], dim=1)
+        return out.reshape(rows, -1)
+
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
                 packing: Optional[Packing] = None) -> torch.Tensor:
         """x: (B, L, U); or, with `packing`, the real tokens' rows (N, U), and so is the result.
@@ -96,6 +117,8 @@ class MultiHeadSelfAttention(nn.Module):
         if self.fused and not torch.jit.is_scripting():
             weight, bias = self.fused_qkv()
             qkv = F.linear(x, weight, bias)
+            if packing is not None and qkv.device.type == "cpu":
+                return self._packed_attention(qkv, packing)
             if packing is not None:
                 qkv = packing.unpack(qkv)   # zeros at padding: finite keys for the mask to drop
             b, length, _ = qkv.shape
@@ -155,8 +178,8 @@ class BortEncoder(nn.Module):
 
     With `unpadded` (the default) and a batch that has padding, the real tokens are gathered
     into one (N, U) matrix right after the positions are added: dropout, LayerNorms,
-    projections, residuals and FFNs then run on N rows instead of B * L, and only the
-    attention sees the (B, L) layout. The result is scattered into zeros at the end. Same
+    projections, residuals and FFNs then run on N rows instead of B * L; the fused attention
+    runs sequence by sequence on those rows on CPU, and on the (B, L) layout elsewhere. The result is scattered into zeros at the end. Same
     outputs and gradients as the padded path; in training the dropout masks are drawn for the
     N rows, so a seed gives other masks than on the padded path. The padded path is kept
     while tracing (an exported graph must not bake in one batch's token count) and while a

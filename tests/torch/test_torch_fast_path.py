@@ -68,8 +68,20 @@ def test_unpadded_encoder_matches_the_padded_path_forward_and_backward(monkeypat
         return pack(self, t)
 
     monkeypatch.setattr(tm.Packing, "pack", counting_pack)
+    per_sequence, attend = [], tm.MultiHeadSelfAttention._packed_attention
+
+    def counting_attention(self, qkv, packing):
+        per_sequence.append(packing.segments())
+        return attend(self, qkv, packing)
+
+    monkeypatch.setattr(tm.MultiHeadSelfAttention, "_packed_attention", counting_attention)
     seq, logits, grads = _forward_backward(tm.set_unpadded(model, True), x, vl, pos)
     assert packed_rows and set(packed_rows) == {int(vl.sum())}   # the packed path ran
+    if fused:   # on CPU the fused path attends sequence by sequence over the packed rows
+        ends = vl.cumsum(0).tolist()
+        assert per_sequence and all(s == list(zip([0] + ends[:-1], ends)) for s in per_sequence)
+    else:
+        assert not per_sequence
     packed_rows.clear()
     ref_seq, ref_logits, ref_grads = _forward_backward(tm.set_unpadded(model, False), x, vl, pos)
     assert not packed_rows
