@@ -179,9 +179,10 @@ class BortEncoder(nn.Module):
     With `unpadded` (the default) and a batch that has padding, the real tokens are gathered
     into one (N, U) matrix right after the positions are added: dropout, LayerNorms,
     projections, residuals and FFNs then run on N rows instead of B * L; the fused attention
-    runs sequence by sequence on those rows on CPU, and on the (B, L) layout elsewhere. The result is scattered into zeros at the end. Same
-    outputs and gradients as the padded path; in training the dropout masks are drawn for the
-    N rows, so a seed gives other masks than on the padded path. The padded path is kept
+    runs sequence by sequence on those rows on CPU, and on the (B, L) layout elsewhere. The
+    result is scattered into zeros at the end. Same outputs and gradients as the padded path;
+    in training the dropout masks are drawn for the N rows, so a seed gives other masks than on
+    the padded path. The padded path is kept
     while tracing (an exported graph must not bake in one batch's token count) and while a
     forward hook sits on the embedding LayerNorm or a cell (hooks such as parity.dump's taps
     read (B, L, U) outputs there).

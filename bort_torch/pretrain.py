@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -44,6 +45,12 @@ class BERTAdam(torch.optim.Optimizer):
                 update = v.sqrt().add_(group["eps"])         # one temporary per tensor
                 torch.div(m, update, out=update).add_(p, alpha=group["weight_decay"])
                 p.sub_(update, alpha=group["lr"])
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX512-BF16)."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def distillation_terms(logits, teacher_logits, ids, weights, normalizer, temperature, kd_loss):
@@ -89,6 +96,11 @@ class Engine(core.Engine):
                                   eps=options.eps, weight_decay=options.weight_decay)
         self.autocast_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             options.dtype)
+        if self.autocast_dtype is torch.bfloat16 and self.device.type == "cpu" \
+                and not cpu_has_bf16_matmul():
+            warnings.warn("--dtype bfloat16 on a CPU without AMX or AVX512-BF16: bfloat16 "
+                          "matrix products are emulated and run several times slower than "
+                          "float32; use --dtype float32 here", stacklevel=2)
 
     def _autocast(self):
         if self.autocast_dtype is None:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -133,6 +134,17 @@ def test_bfloat16_autocast_runs_and_stays_close_to_float32(shards, teacher, tmp_
     assert ("teacher_ce" in half[0]) == distil
     if not distil:
         assert half[0]["loss"] == pytest.approx(half[0]["mlm_loss"])
+
+
+@pytest.mark.parametrize("hardware", [False, True])
+def test_bfloat16_on_a_cpu_without_bf16_matmul_warns(shards, tmp_path, monkeypatch, hardware):
+    monkeypatch.setattr(tp, "cpu_has_bf16_matmul", lambda: hardware)
+    options = _options(shards, None, str(tmp_path / "d"), dtype="bfloat16", num_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tp.build_engine(options)
+    slow = [w for w in caught if "AMX or AVX512-BF16" in str(w.message)]
+    assert len(slow) == (0 if hardware else 1)
 
 
 def test_float16_overflow_skips_and_counts(shards, teacher, tmp_path):

@@ -223,6 +223,7 @@ def test_harness_train_mode_and_bfloat16_error_report(tmp_path):
                      log=lambda *a: None)
     (rec,) = records
     assert rec["tokens_per_s"] > 0 and rec["mode"] == "train"
+    assert set(rec["host_bf16_isa"]) <= {"amx_bf16", "avx512_bf16"}
     assert 0 <= rec["mlm_logit_rel_l2_err"] < 0.05 and rec["peak_tflops"] > 0
     assert rec["mfu"] == pytest.approx(rec["tflops"] / rec["peak_tflops"])
     assert rec["flops_per_step"] == tp.step_flops(get_config("bort_tiny"), 2, 8, "train")
