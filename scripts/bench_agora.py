@@ -13,8 +13,10 @@ bort_tiny pretrained here without a teacher stayed at chance on every demo task.
 2. The reference (once per task, cached under OUT/<task>/reference): Agora assumes a reference
    model better than the student, as the paper's fine-tuned large models were. By default a
    larger config (--reference, roberta_tiny: 4 layers, 256 units) fine-tuned on the task from
-   random initialisation (--reference-epochs, --reference-lr, seed 0); --reference plain uses
-   each seed's best plain run instead (a reference no better than the baseline it must beat).
+   random initialisation, or from --reference-checkpoint (e.g. the teacher that `bort reproduce`
+   pretrains, as the paper's reference was its fine-tuned teacher), with --reference-epochs,
+   --reference-lr, seed 0; --reference plain uses each seed's best plain run instead (a
+   reference no better than the baseline it must beat).
 3. Per demo task and per benchmark seed s: a grid of hyper-parameter sets (every --lrs value x
    --grid-seeds fine-tuning seeds derived from s). Plain: one fine-tuning run per set from the
    pretrained checkpoint; its score is the best dev score over the grid. Agora: the same grid,
@@ -79,6 +81,9 @@ def parse_args(argv=None):
     a("--reference", default="roberta_tiny", help="the reference: a config fine-tuned once per "
       "task from random initialisation, or 'plain' for each seed's best plain run (default "
       "%(default)s)")
+    a("--reference-checkpoint", help="pretrained weights of the --reference config to "
+      "fine-tune from, e.g. runs/reproduce/teacher/ckpt/0000100.params (default: random "
+      "initialisation)")
     a("--reference-epochs", type=int, default=5)
     a("--reference-lr", type=float, default=1e-4)
     a("--generator", default="mlm,swap")
@@ -205,20 +210,23 @@ def plain_grid(backend, args, task, checkpoint, grid, out, tokenizer):
 
 
 def reference_model(backend, args, task, out, tokenizer):
-    """The task's reference: --reference fine-tuned from random initialisation (cached)."""
+    """The task's reference: --reference fine-tuned from --reference-checkpoint or from
+    random initialisation (cached)."""
     done = os.path.join(out, "done.json")
-    key = {"config": args.reference, "epochs": args.reference_epochs, "lr": args.reference_lr,
+    key = {"config": args.reference, "checkpoint": args.reference_checkpoint,
+           "epochs": args.reference_epochs, "lr": args.reference_lr,
            "batch_size": args.batch_size, "max_len": args.max_len}
     info = cached(done, key, "model")
     if info:
         return info
     t0 = time.time()
-    opts = ft.FinetuneOptions(task=task, config=args.reference, output_dir=out, overwrite=True,
+    opts = ft.FinetuneOptions(task=task, config=args.reference,
+                              checkpoint=args.reference_checkpoint, output_dir=out, overwrite=True,
                               epochs=args.reference_epochs, batch_size=args.batch_size,
                               dev_batch_size=64, lr=args.reference_lr,
                               weight_decay=args.weight_decay, max_len=args.max_len,
                               warmup_ratio=0.1, seed=0)
-    with warnings.catch_warnings():     # random initialisation is the point here
+    with warnings.catch_warnings():     # random initialisation is meant when no checkpoint
         warnings.filterwarnings("ignore", message="no --checkpoint")
         result = ft.run_finetune(backend, opts, tokenizer, progress=False)
     info = {"key": key, "model": result["model"], "dev": result["dev"],
@@ -362,9 +370,9 @@ def main(argv=None):
         if ref is not None:
             ref["heldout"] = heldout_score(backend, t, args.reference, ref["model"],
                                            heldout[task])
-            md += ["Reference: %s fine-tuned from random initialisation, dev %.4f, held-out "
-                   "%.4f (%.0fs)." % (args.reference, ref["score"], ref["heldout"],
-                                      ref["seconds"]), ""]
+            md += ["Reference: %s fine-tuned from %s, dev %.4f, held-out %.4f (%.0fs)." % (
+                args.reference, args.reference_checkpoint or "random initialisation",
+                ref["score"], ref["heldout"], ref["seconds"]), ""]
         report["tasks"][task] = {"rows": rows, "mean": mean, "reference": ref}
     report["seconds"] = time.time() - start
     md += ["Settings: %s" % json.dumps({k: v for k, v in vars(args).items() if k != "out"}),
