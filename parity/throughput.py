@@ -191,21 +191,30 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def host_info():
-    """CPU model, cores, Python, date, and the CPU's bf16 matrix instructions (AMX, AVX512-BF16:
-    without them bf16 runs slower than fp32 on the CPU)."""
-    model, flags = platform.processor(), set()
+def host_info(cpuinfo="/proc/cpuinfo"):
+    """CPU model (with family/model/clock, which tell apart hosts a VM names alike), cores,
+    Python, date, and the CPU's bf16 matrix instructions (AMX, AVX512-BF16: without them bf16
+    runs slower than fp32 on the CPU)."""
+    fields, flags = {}, set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name") and model == platform.processor():
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "flags":
+                    flags = set(value.split())
                     break
+                fields.setdefault(key, value.strip())
     except OSError:
         pass
-    return {"host_cpu": model, "host_cores": os.cpu_count(), "python": platform.python_version(),
+    model = fields.get("model name") or platform.processor()
+    detail = ["family " + fields["cpu family"]] if fields.get("cpu family") else []
+    detail += ["model " + fields["model"]] if fields.get("model") else []
+    detail += ["%.0f MHz" % float(fields["cpu MHz"])] if fields.get("cpu MHz") else []
+    detail = ", ".join(detail)
+    return {"host_cpu": "%s (%s)" % (model, detail) if detail else model,
+            "host_cores": os.cpu_count(), "python": platform.python_version(),
+            "host_simd": sorted(flags & {"avx2", "avx512f", "fma"}),
             "host_bf16_isa": sorted(flags & {"amx_bf16", "avx512_bf16"}),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -36,6 +36,20 @@ def test_workloads_presets_and_flag_errors():
         tp.parse_list("torch,x", tp.FRAMEWORKS, "--frameworks")
 
 
+def test_host_info_names_the_cpu_generation_and_bf16_support(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\n"
+                       "model\t\t: 1\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 1996.249\n"
+                       "flags\t\t: fpu sse avx fma avx2\n\nprocessor\t: 1\n")
+    host = tp.host_info(str(cpuinfo))
+    assert host["host_cpu"] == "AMD EPYC (family 23, model 1, 1996 MHz)"
+    assert host["host_simd"] == ["avx2", "fma"] and host["host_bf16_isa"] == []
+    cpuinfo.write_text("model name\t: Intel Xeon\nflags\t\t: avx512f amx_bf16 avx512_bf16\n")
+    host = tp.host_info(str(cpuinfo))
+    assert host["host_cpu"] == "Intel Xeon" and host["host_bf16_isa"] == ["amx_bf16", "avx512_bf16"]
+    assert tp.host_info(str(tmp_path / "missing"))["host_cores"] >= 1
+
+
 def test_step_flops_follow_arch():
     config = get_config("bort_4_8_768_1024")
     assert tp.step_flops(config, 8, 128, "inference") == 8 * forward_flops(config, 128)["matmul"]
