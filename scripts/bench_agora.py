@@ -96,6 +96,11 @@ def parse_args(argv=None):
     if unknown:
         p.error("--tasks: %s not among the demo tasks (%s)" % (", ".join(unknown),
                                                                ", ".join(TASKS)))
+    if args.reference_checkpoint and args.reference == "plain":
+        p.error("--reference-checkpoint: --reference plain takes each seed's best plain run; "
+                "give --reference a config to fine-tune from that checkpoint")
+    if args.reference_checkpoint and not os.path.exists(args.reference_checkpoint):
+        p.error("--reference-checkpoint %s does not exist" % args.reference_checkpoint)
     return args
 
 
