@@ -29,6 +29,10 @@ each text token with probability `drop_prob`; `swap` swaps text tokens with thei
 neighbour with probability `swap_prob`. Each acts on at least one position (a resampled token
 may come back as itself, a swap of equal tokens changes nothing); special tokens stay.
 Mistakes are taken on the task's first dev split (MNLI: matched), which also checks the reference.
+
+`teachable_only` (off by default, as in the paper) generates points only near the mistakes that
+the reference gets right on dev: near the others its labels repeat its own error, so they cannot
+correct the student and only add noise where the two models both fail.
 """
 from __future__ import annotations
 
@@ -244,6 +248,7 @@ class AgoraOptions:
     replays: int = 0
     max_rounds: Optional[int] = None
     regression_tolerance: Optional[float] = None
+    teachable_only: bool = False
 
     def __post_init__(self):
         if not self.reference_checkpoint:
@@ -361,6 +366,9 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
     ref_dev = ft.score_split(backend, reference, task, dev[0], base.dev_batch_size)
     ref_info = check_reference(task, dev[0].examples, ref_dev["predictions"])
     ref_info["metrics"] = ref_dev["metrics"]
+    ref_wrong = mistakes(task, dev[0].examples, ref_dev["predictions"],
+                         options.regression_tolerance)
+    ref_info["dev_mistakes"] = int(len(ref_wrong))
 
     rng = np.random.RandomState(base.seed)
     train = dict(data["train"][0].features)
@@ -386,9 +394,10 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                 scored = ft.score_split(backend, model, task, dev[0], base.dev_batch_size)
                 wrong = mistakes(task, dev[0].examples, scored["predictions"],
                                  options.regression_tolerance)
+                mined = np.setdiff1d(wrong, ref_wrong) if options.teachable_only else wrong
                 final = (len(alive) == 1 and replay == options.replays) or (
                     options.max_rounds is not None and len(rounds) + 1 >= options.max_rounds)
-                seqs = [] if final else [dev[0].features["input_ids"][i] for i in wrong
+                seqs = [] if final else [dev[0].features["input_ids"][i] for i in mined
                                          for _ in range(options.points_per_mistake)]
                 new = generate(seqs, rng) if seqs else []     # none after the final round
                 if new:
@@ -398,7 +407,8 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                     labels = ft.predictions(task, ref_logits)[0]
                     train = append_points(train, new, labels)
                 shutil.rmtree(os.path.dirname(model_path), ignore_errors=True)
-                record.update({"dev_mistakes": int(len(wrong)), "points_added": len(new),
+                record.update({"dev_mistakes": int(len(wrong)), "mistakes_mined": int(len(mined)),
+                               "points_added": len(new),
                                "train_size": int(len(train["valid_length"])),
                                "generate_seconds": time.time() - t0})
                 rounds.append(record)
@@ -467,13 +477,14 @@ def _write_logs(out_dir, task, ref_info, rounds, best, grid):
     lines = ["# Agora on %s" % task.name, "",
              "Reference on dev: %s" % json.dumps(ref_info, default=float), "",
              "| round | sets alive | fine-tuning runs | best set | best dev | mean dev | "
-             "dev mistakes | points added | train size | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "dev mistakes | mistakes mined | points added | train size | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rounds:
-        lines.append("| %d | %d | %d | %d %s | %.4f | %.4f | %d | %d | %d | %.1f |" % (
+        lines.append("| %d | %d | %d | %d %s | %.4f | %.4f | %d | %d | %d | %d | %.1f |" % (
             r["round"], len(r["sets"]), r["runs"], r["best_set"],
             json.dumps(grid[r["best_set"]]), r["best_score"],
-            float(np.mean(list(r["scores"].values()))), r["dev_mistakes"], r["points_added"],
+            float(np.mean(list(r["scores"].values()))), r["dev_mistakes"], r["mistakes_mined"],
+            r["points_added"],
             r["train_size"], r["seconds"] + r["generate_seconds"]))
     lines += ["", "Best: %s" % json.dumps(best, default=float), ""]
     tmp = os.path.join(out_dir, "agora_log.md.tmp")

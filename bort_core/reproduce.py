@@ -8,12 +8,15 @@ Stages (each writes `OUT/<stage>/done.json` last, so an interrupted run resumes 
   finetune    per task: plain fine-tuning, then Agora with the plain model as reference
   parity      gluon vs torch: training steps, extraction rankings, pretrained losses, layer taps
 Then summary.md, summary.json and plots (Pareto front, loss curves, per-layer parity error).
-Extraction, pretraining and fine-tuning run once per framework (`OUT/<stage>-<framework>/`).
+Extraction, pretraining and fine-tuning run once per framework (`OUT/<stage>-<framework>/`);
+with both frameworks on a machine of two or more cores the two run side by side, one process
+each (one thread each, output in `OUT/<framework>.log`), unless `--sequential`.
 Every command a stage runs is a public `bort` or `python -m parity` command, printed first.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -85,8 +88,10 @@ def _say(msg: str) -> None:
 class Run:
     """The output directory: settings, stage markers, atomic JSON."""
 
-    def __init__(self, out: str, settings: Dict, overwrite: bool):
+    def __init__(self, out: str, settings: Dict = None, overwrite: bool = False):
         self.out = out
+        if settings is None:        # a worker process attached to its parent's run
+            return
         path = os.path.join(out, "settings.json")
         if os.path.exists(path) and not overwrite:
             with open(path) as f:
@@ -365,7 +370,10 @@ def summarize(run: Run, records: Dict, frameworks: List[str], preset: str) -> Di
         results["parity"] = {k: v for k, v in records["parity"].items() if k != "seconds"}
     summary = {"preset": preset, "frameworks": frameworks, "results": results,
                "seconds": {name: r.get("seconds") for name, r in records.items()}}
-    summary["seconds"]["total"] = round(sum(summary["seconds"].values()), 1)
+    overlapped = {"%s-%s" % (name, fw) for name in FRAMEWORK_STAGES for fw in frameworks} \
+        if "side-by-side" in records else set()
+    summary["seconds"]["total"] = round(sum(v for name, v in summary["seconds"].items()
+                                            if name not in overlapped), 1)
     Run.write(os.path.join(run.out, "summary.json"), summary)
     with open(os.path.join(run.out, "summary.md"), "w") as f:
         f.write(_markdown(summary))
@@ -416,7 +424,9 @@ def _markdown(s: Dict) -> str:
                       par["pretrain_eval_loss"]["rel_diff"], PRETRAIN_LOSS_TOLERANCE),
                   "- one student in both frameworks, layer taps: %s" % _verdict(
                       par["student_taps"]["ok"]), ""]
-    lines += ["Stage wall times (s): " + ", ".join("%s %s" % kv for kv in s["seconds"].items()), ""]
+    lines += ["Stage wall times (s): " + ", ".join("%s %s" % kv for kv in s["seconds"].items())
+              + (" (the framework stages overlap: side-by-side is their wall time)"
+                 if "side-by-side" in s["seconds"] else ""), ""]
     return "\n".join(lines)
 
 
@@ -509,8 +519,71 @@ def run_framework(run: Run, fw: str, p: Dict, data: Dict, seed: int, records: Di
                                       pre["checkpoint"], pre["config"], seed)
 
 
+FRAMEWORK_STAGES = ("extract", "pretrain", "finetune")
+
+
+def _framework_worker(out: str, fw: str, p: Dict, data: Dict, seed: int, records: Dict,
+                      log: str) -> None:
+    """A spawned process: one framework's stages on one thread, its output into `log`."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    with open(log, "a", buffering=1) as f:
+        os.dup2(f.fileno(), 1)          # C-level output (MXNet, torch) too
+        os.dup2(f.fileno(), 2)
+        sys.stdout = sys.stderr = f
+        run_framework(Run(out), fw, p, data, seed, dict(records))
+
+
+def _side_by_side(*args) -> Dict:
+    run_side_by_side(*args)
+    return {"note": "the per-framework stages ran at once; their seconds overlap"}
+
+
+def run_side_by_side(run: Run, frameworks: List[str], p: Dict, data: Dict, seed: int,
+                     records: Dict) -> None:
+    """Each framework's stages in its own process at once; reports each stage as it ends.
+    The caller reads the records back from the stage markers."""
+    ctx = multiprocessing.get_context("spawn")     # a fresh interpreter: threads set first
+    procs = {}
+    for fw in frameworks:
+        log = os.path.join(run.out, fw + ".log")
+        procs[fw] = ctx.Process(target=_framework_worker, name="reproduce-" + fw,
+                                args=(run.out, fw, p, data, seed, records, log))
+    _say("%s side by side, one process and thread each (output in %s; --sequential runs "
+         "them one after the other)" % (" and ".join(frameworks),
+                                       ", ".join(os.path.join(run.out, fw + ".log")
+                                                 for fw in frameworks)))
+    reported = {"%s-%s" % (name, fw) for fw in frameworks for name in FRAMEWORK_STAGES
+                if run.done("%s-%s" % (name, fw)) is not None}
+    try:
+        for proc in procs.values():
+            proc.start()
+        while True:
+            alive = [proc.is_alive() for proc in procs.values()]
+            for fw in frameworks:
+                for name in FRAMEWORK_STAGES:
+                    key = "%s-%s" % (name, fw)
+                    done = run.done(key) if key not in reported else None
+                    if done is not None:
+                        reported.add(key)
+                        _say("stage %s: done in %.1fs" % (key, done["seconds"]))
+            if not any(alive):
+                break
+            time.sleep(1.0)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    failed = [fw for fw, proc in procs.items() if proc.exitcode != 0 or any(
+        run.done("%s-%s" % (name, fw)) is None for name in FRAMEWORK_STAGES)]
+    if failed:
+        raise RuntimeError("the %s stages failed; see %s" % (
+            " and ".join(failed), ", ".join(os.path.join(run.out, fw + ".log") for fw in failed)))
+
+
 def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite: bool,
-              files_dir: str = None) -> Dict:
+              files_dir: str = None, sequential: bool = False) -> Dict:
     p = dict(PRESETS[preset])
     if preset == "paper":
         files_dir = files_dir or "real_files"
@@ -528,8 +601,14 @@ def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite
     data = stage(run, "data", make_data, run, p, seed)
     records = {"data": data}
     records["teacher"] = stage(run, "teacher", train_teacher, run, frameworks[0], p, data, seed)
-    for fw in frameworks:
-        run_framework(run, fw, p, data, seed, records)
+    if len(frameworks) > 1 and not sequential and (os.cpu_count() or 1) > 1:
+        records["side-by-side"] = stage(run, "side-by-side", _side_by_side, run, frameworks, p,
+                                        data, seed, records)
+        records.update({"%s-%s" % (name, fw): run.done("%s-%s" % (name, fw))
+                        for fw in frameworks for name in FRAMEWORK_STAGES})
+    else:
+        for fw in frameworks:
+            run_framework(run, fw, p, data, seed, records)
     if len(frameworks) == 2:
         records["parity"] = stage(run, "parity", parity_report, run, records, seed)
     summary = summarize(run, records, frameworks, preset)
@@ -551,10 +630,14 @@ def register(sub):
     p.add_argument("--files-dir", help="--preset paper: where the real files are (default real_files/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    p.add_argument("--sequential", action="store_true", help="with both frameworks, run them "
+                   "one after the other with all cores each, output on the terminal (default: "
+                   "side by side, one core each, when the machine has two or more)")
     p.set_defaults(run=run_command)
 
 
 def run_command(args):
     frameworks = ["gluon", "torch"] if args.framework == "both" else [args.framework]
-    reproduce(frameworks, args.preset, args.out, args.seed, args.overwrite, args.files_dir)
+    reproduce(frameworks, args.preset, args.out, args.seed, args.overwrite, args.files_dir,
+              args.sequential)
     return 0

@@ -88,6 +88,8 @@ def parse_args(argv=None):
     a("--reference-lr", type=float, default=1e-4)
     a("--generator", default="mlm,swap")
     a("--points-per-mistake", type=int, default=2)
+    a("--teachable-only", action="store_true", help="Agora generates points only near the "
+      "dev mistakes its reference gets right")
     a("--max-rounds", type=int, help="Agora's round limit (default: until one set is left)")
     a("--overwrite", action="store_true", help="redo the task runs (the pretrained model and "
       "the references are kept)")
@@ -252,7 +254,8 @@ def run_agora(backend, fw, args, task, checkpoint, grid, reference, reference_co
                                  reference_config=reference_config, grid=grid_path,
                                  generator=args.generator,
                                  points_per_mistake=args.points_per_mistake,
-                                 max_rounds=args.max_rounds)
+                                 max_rounds=args.max_rounds,
+                                 teachable_only=args.teachable_only)
     mlm_logits = None
     if "mlm" in args.generator:
         config = ft.resolve_config(args.config, checkpoint, 0.0)

@@ -111,6 +111,8 @@ def register(sub):
     a("--max-rounds", type=int, help="stop after this many rounds")
     a("--regression-tolerance", type=float, help="regression: absolute error counted as a "
       "mistake (default: half the dev scores' standard deviation)")
+    a("--teachable-only", action="store_true", help="generate points only near the dev mistakes "
+      "that the reference gets right (near the others its labels repeat its own error)")
     g.set_defaults(run=run_agora)
 
 

@@ -318,6 +318,33 @@ def test_replays_repeat_each_round_before_pruning(tmp_path, references):
     assert rounds[1]["train_size"] == rounds[0]["train_size"] + rounds[1]["points_added"]
 
 
+def test_teachable_only_mines_the_mistakes_the_reference_gets_right(tmp_path, references,
+                                                                    monkeypatch):
+    found = []                         # what `mistakes` returned: the reference's first
+
+    def recording(*args, **kw):
+        found.append(real(*args, **kw))
+        return found[-1]
+    real = agora.mistakes
+    monkeypatch.setattr(agora, "mistakes", recording)
+    _, log, _ = _run(tmp_path, references["demo-single"], teachable_only=True,
+                     points_per_mistake=2)
+    ref_wrong, per_round = found[0], found[1:]
+    assert log["reference"]["dev_mistakes"] == len(ref_wrong) > 0
+    rounds = log["rounds"]
+    assert len(per_round) == len(rounds) == 3
+    for r, wrong in zip(rounds, per_round):
+        assert r["dev_mistakes"] == len(wrong)
+        assert r["mistakes_mined"] == len(np.setdiff1d(wrong, ref_wrong))
+    assert any(r["mistakes_mined"] < r["dev_mistakes"] for r in rounds)  # some shared errors
+    for r in rounds[:-1]:
+        assert r["points_added"] == 2 * r["mistakes_mined"]
+    assert rounds[-1]["points_added"] == 0
+    monkeypatch.setattr(agora, "mistakes", real)
+    _, log, _ = _run(tmp_path / "all", references["demo-single"], points_per_mistake=2)
+    assert all(r["mistakes_mined"] == r["dev_mistakes"] for r in log["rounds"])   # the default
+
+
 def test_max_rounds_stops_early_without_generating(tmp_path, references):
     _, log, _ = _run(tmp_path / "a", references["demo-single"], max_rounds=2)
     assert _runs(log) == [4, 2]
