@@ -367,7 +367,7 @@ def summarize(run: Run, records: Dict, frameworks: List[str], preset: str) -> Di
             "extracted": {"name": best.name, "D": best.num_layers, "A": best.num_heads,
                           "H": best.units, "I": best.hidden_size},
             "pretrain_eval_before": pre["eval_before"], "pretrain_eval_after": pre["eval_after"],
-            "finetune": records["finetune-" + fw]["tasks"]}
+            "finetune": dict(sorted(records["finetune-" + fw]["tasks"].items()))}
     if "parity" in records:
         results["parity"] = {k: v for k, v in records["parity"].items() if k != "seconds"}
     summary = {"preset": preset, "frameworks": frameworks, "results": results,
