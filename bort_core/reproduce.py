@@ -10,7 +10,7 @@ Stages (each writes `OUT/<stage>/done.json` last, so an interrupted run resumes 
 Then summary.md, summary.json and plots (Pareto front, loss curves, per-layer parity error).
 Extraction, pretraining and fine-tuning run once per framework (`OUT/<stage>-<framework>/`);
 with both frameworks on a machine of two or more cores the two run side by side, one process
-each (one thread each, output in `OUT/<framework>.log`), unless `--sequential`.
+each with half the cores (output in `OUT/<framework>.log`), unless `--sequential`.
 Every command a stage runs is a public `bort` or `python -m parity` command, printed first.
 """
 from __future__ import annotations
@@ -525,10 +525,10 @@ FRAMEWORK_STAGES = ("extract", "pretrain", "finetune")
 
 
 def _framework_worker(out: str, fw: str, p: Dict, data: Dict, seed: int, records: Dict,
-                      log: str) -> None:
-    """A spawned process: one framework's stages on one thread, its output into `log`."""
+                      log: str, threads: int) -> None:
+    """A spawned process: one framework's stages on `threads` threads, its output into `log`."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
+        os.environ[var] = str(threads)
     with open(log, "a", buffering=1) as f:
         os.dup2(f.fileno(), 1)          # C-level output (MXNet, torch) too
         os.dup2(f.fileno(), 2)
@@ -546,15 +546,15 @@ def run_side_by_side(run: Run, frameworks: List[str], p: Dict, data: Dict, seed:
     """Each framework's stages in its own process at once; reports each stage as it ends.
     The caller reads the records back from the stage markers."""
     ctx = multiprocessing.get_context("spawn")     # a fresh interpreter: threads set first
+    threads = max(1, (os.cpu_count() or 1) // len(frameworks))
     procs = {}
     for fw in frameworks:
         log = os.path.join(run.out, fw + ".log")
         procs[fw] = ctx.Process(target=_framework_worker, name="reproduce-" + fw,
-                                args=(run.out, fw, p, data, seed, records, log))
-    _say("%s side by side, one process and thread each (output in %s; --sequential runs "
-         "them one after the other)" % (" and ".join(frameworks),
-                                       ", ".join(os.path.join(run.out, fw + ".log")
-                                                 for fw in frameworks)))
+                                args=(run.out, fw, p, data, seed, records, log, threads))
+    _say("%s side by side, %d thread%s each (output in %s; --sequential runs them one after "
+         "the other)" % (" and ".join(frameworks), threads, "" if threads == 1 else "s",
+                         ", ".join(os.path.join(run.out, fw + ".log") for fw in frameworks)))
     reported = {"%s-%s" % (name, fw) for fw in frameworks for name in FRAMEWORK_STAGES
                 if run.done("%s-%s" % (name, fw)) is not None}
     try:
@@ -634,7 +634,7 @@ def register(sub):
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
     p.add_argument("--sequential", action="store_true", help="with both frameworks, run them "
                    "one after the other with all cores each, output on the terminal (default: "
-                   "side by side, one core each, when the machine has two or more)")
+                   "side by side, half the cores each, when the machine has two or more)")
     p.set_defaults(run=run_command)
 
 

@@ -1,4 +1,4 @@
-"""`bort reproduce` with both frameworks: side by side (one process and thread each) gives the
+"""`bort reproduce` with both frameworks: side by side (one process each, the cores split) gives the
 summary that one after the other gives, with each framework's output in its log; a failing
 framework stops the run with its log named."""
 import json
