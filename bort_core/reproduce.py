@@ -372,8 +372,7 @@ def summarize(run: Run, records: Dict, frameworks: List[str], preset: str) -> Di
         results["parity"] = {k: v for k, v in records["parity"].items() if k != "seconds"}
     summary = {"preset": preset, "frameworks": frameworks, "results": results,
                "seconds": {name: r.get("seconds") for name, r in records.items()}}
-    overlapped = {"%s-%s" % (name, fw) for name in FRAMEWORK_STAGES for fw in frameworks} \
-        if "side-by-side" in records else set()
+    overlapped = set(framework_stages(frameworks)) if "side-by-side" in records else set()
     summary["seconds"]["total"] = round(sum(v for name, v in summary["seconds"].items()
                                             if name not in overlapped), 1)
     Run.write(os.path.join(run.out, "summary.json"), summary)
@@ -524,6 +523,11 @@ def run_framework(run: Run, fw: str, p: Dict, data: Dict, seed: int, records: Di
 FRAMEWORK_STAGES = ("extract", "pretrain", "finetune")
 
 
+def framework_stages(frameworks: List[str]) -> List[str]:
+    """The per-framework stage names, e.g. `extract-gluon`, framework by framework."""
+    return ["%s-%s" % (name, fw) for fw in frameworks for name in FRAMEWORK_STAGES]
+
+
 def _framework_worker(out: str, fw: str, p: Dict, data: Dict, seed: int, records: Dict,
                       log: str, threads: int) -> None:
     """A spawned process: one framework's stages on `threads` threads, its output into `log`."""
@@ -536,13 +540,8 @@ def _framework_worker(out: str, fw: str, p: Dict, data: Dict, seed: int, records
         run_framework(Run(out), fw, p, data, seed, dict(records))
 
 
-def _side_by_side(*args) -> Dict:
-    run_side_by_side(*args)
-    return {"note": "the per-framework stages ran at once; their seconds overlap"}
-
-
 def run_side_by_side(run: Run, frameworks: List[str], p: Dict, data: Dict, seed: int,
-                     records: Dict) -> None:
+                     records: Dict) -> Dict:
     """Each framework's stages in its own process at once; reports each stage as it ends.
     The caller reads the records back from the stage markers."""
     ctx = multiprocessing.get_context("spawn")     # a fresh interpreter: threads set first
@@ -555,20 +554,17 @@ def run_side_by_side(run: Run, frameworks: List[str], p: Dict, data: Dict, seed:
     _say("%s side by side, %d thread%s each (output in %s; --sequential runs them one after "
          "the other)" % (" and ".join(frameworks), threads, "" if threads == 1 else "s",
                          ", ".join(os.path.join(run.out, fw + ".log") for fw in frameworks)))
-    reported = {"%s-%s" % (name, fw) for fw in frameworks for name in FRAMEWORK_STAGES
-                if run.done("%s-%s" % (name, fw)) is not None}
+    reported = {key for key in framework_stages(frameworks) if run.done(key) is not None}
     try:
         for proc in procs.values():
             proc.start()
         while True:
             alive = [proc.is_alive() for proc in procs.values()]
-            for fw in frameworks:
-                for name in FRAMEWORK_STAGES:
-                    key = "%s-%s" % (name, fw)
-                    done = run.done(key) if key not in reported else None
-                    if done is not None:
-                        reported.add(key)
-                        _say("stage %s: done in %.1fs" % (key, done["seconds"]))
+            for key in framework_stages(frameworks):
+                done = run.done(key) if key not in reported else None
+                if done is not None:
+                    reported.add(key)
+                    _say("stage %s: done in %.1fs" % (key, done["seconds"]))
             if not any(alive):
                 break
             time.sleep(1.0)
@@ -578,10 +574,11 @@ def run_side_by_side(run: Run, frameworks: List[str], p: Dict, data: Dict, seed:
                 proc.terminate()
             proc.join()
     failed = [fw for fw, proc in procs.items() if proc.exitcode != 0 or any(
-        run.done("%s-%s" % (name, fw)) is None for name in FRAMEWORK_STAGES)]
+        run.done(key) is None for key in framework_stages([fw]))]
     if failed:
         raise RuntimeError("the %s stages failed; see %s" % (
             " and ".join(failed), ", ".join(os.path.join(run.out, fw + ".log") for fw in failed)))
+    return {"note": "the per-framework stages ran at once; their seconds overlap"}
 
 
 def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite: bool,
@@ -604,10 +601,9 @@ def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite
     records = {"data": data}
     records["teacher"] = stage(run, "teacher", train_teacher, run, frameworks[0], p, data, seed)
     if len(frameworks) > 1 and not sequential and (os.cpu_count() or 1) > 1:
-        records["side-by-side"] = stage(run, "side-by-side", _side_by_side, run, frameworks, p,
-                                        data, seed, records)
-        records.update({"%s-%s" % (name, fw): run.done("%s-%s" % (name, fw))
-                        for fw in frameworks for name in FRAMEWORK_STAGES})
+        records["side-by-side"] = stage(run, "side-by-side", run_side_by_side, run, frameworks,
+                                        p, data, seed, records)
+        records.update({key: run.done(key) for key in framework_stages(frameworks)})
     else:
         for fw in frameworks:
             run_framework(run, fw, p, data, seed, records)
