@@ -53,7 +53,7 @@ from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
 from bort_core.configs import get_config
 from bort_core.data.leaderboard import write_submission
-from bort_core.data.pretraining import object_array
+from bort_core.data.shards import object_array
 from bort_core.data.tasks import get_task
 
 # the Agora paper's suggested starting grid for Bort (papers.md, section 3): 480 sets

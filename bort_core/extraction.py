@@ -41,6 +41,7 @@ import numpy as np
 from bort_core import arch, pretrain
 from bort_core.checkpoint import save_params
 from bort_core.configs import DEMO_VOCAB_SIZE, BortConfig
+from bort_core.data import shards
 
 AXES = ("num_layers", "num_heads", "units", "hidden_size")
 AXIS_ALIASES = {"D": "num_layers", "A": "num_heads", "H": "units", "I": "hidden_size"}
@@ -251,25 +252,24 @@ def pareto_front(rows: Sequence[Dict], keys=("p", "i", "e")) -> List[Dict]:
 
 # ------------------------------------------------------------------------------------ data
 
-def load_data(patterns: Sequence[str], vocab_size: int, flag: str = "--data") -> Dict:
-    """Masked-LM instances of 2020-format `.npz` shards (globs, sorted), validated against
-    `vocab_size` by `bort_core.pretrain.load_shard`, merged into one shard dict."""
+def load_data(patterns: Sequence[str], config: BortConfig, flag: str = "--data") -> Dict:
+    """Masked-LM instances of `.npz` shards (globs, sorted), validated against the vocabulary
+    and longest sequence of `config` by `bort_core.data.shards.load_shard`, merged into one
+    shard dict."""
     try:
-        files = pretrain.expand_shards(",".join(patterns))
+        files = shards.expand_shards(",".join(patterns))
     except FileNotFoundError as err:
         raise FileNotFoundError("%s: %s" % (flag, err)) from None
-    shards = [pretrain.load_shard(path, vocab_size) for path in files]
-    data = {k: [x for shard in shards for x in shard[k]] for k in pretrain.REQUIRED_FIELDS[:-1]}
-    data["valid_lengths"] = np.concatenate([shard["valid_lengths"] for shard in shards])
-    if not len(data["valid_lengths"]):
-        raise ValueError("%s: no instances in %s" % (flag, ", ".join(files)))
+    loaded = [shards.load_shard(path, config.vocab_size, config.max_length) for path in files]
+    data = {k: [x for shard in loaded for x in shard[k]] for k in shards.REQUIRED_FIELDS[:-1]}
+    data["valid_lengths"] = np.concatenate([shard["valid_lengths"] for shard in loaded])
     return data
 
 
 def subset(data: Dict, rows) -> Dict:
     """The instances `rows` of a shard dict, as a shard dict."""
     rows = np.asarray(rows)
-    out = {k: [data[k][r] for r in rows] for k in pretrain.REQUIRED_FIELDS[:-1]}
+    out = {k: [data[k][r] for r in rows] for k in shards.REQUIRED_FIELDS[:-1]}
     out["valid_lengths"] = data["valid_lengths"][rows]
     return out
 

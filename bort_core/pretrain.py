@@ -63,6 +63,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from bort_core import checkpoint as ckpt
+from bort_core.data.shards import expand_shards, load_shard
 
 # ------------------------------------------------------------------------------------ options
 
@@ -149,105 +150,6 @@ def decays(name: str) -> bool:
 
 # ------------------------------------------------------------------------------------- shards
 
-REQUIRED_FIELDS = ("input_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
-                   "valid_lengths")
-
-
-def expand_shards(patterns: str) -> List[str]:
-    """Sorted files matching comma-separated globs; an error names a pattern without matches."""
-    files = []
-    for part in filter(None, (patterns or "").split(",")):
-        found = sorted(glob.glob(os.path.expanduser(part)))
-        if not found:
-            raise FileNotFoundError("no shard matches %s" % part)
-        files.extend(found)
-    return files
-
-
-def load_shard(path: str, vocab_size: Optional[int] = None) -> Dict[str, list]:
-    """A validated `.npz` shard: lists of int32/float32 arrays per instance, plus lengths.
-
-    Every field and every instance is checked (names the file, field and instance)."""
-    try:
-        data = np.load(path, allow_pickle=True)
-    except (OSError, ValueError) as err:
-        raise ValueError("%s: not a readable .npz shard (%s)" % (path, err)) from None
-    with data:
-        missing = [f for f in REQUIRED_FIELDS if f not in data.files]
-        if missing:
-            raise ValueError("%s: shard lacks field(s) %s (a shard holds %s)"
-                             % (path, ", ".join(missing), ", ".join(REQUIRED_FIELDS)))
-        lengths = data["valid_lengths"]
-        if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
-            raise ValueError("%s: valid_lengths must be a 1-D integer array, got %s %s"
-                             % (path, lengths.dtype, lengths.shape))
-        n = len(lengths)
-        out = {"valid_lengths": lengths.astype(np.int32)}
-        for field in REQUIRED_FIELDS[:-1]:
-            arr = data[field]
-            if arr.ndim == 2 and arr.dtype != object:   # 2-D when every length is equal (B4)
-                arr = list(arr)
-            if len(arr) != n:
-                raise ValueError("%s: field %s has %d instances, valid_lengths has %d"
-                                 % (path, field, len(arr), n))
-            kind = "f" if field == "masked_lm_weights" else "iu"
-            rows = []
-            for i, row in enumerate(arr):
-                row = np.asarray(row)
-                if row.ndim != 1 or row.dtype.kind not in kind:
-                    raise ValueError("%s: %s[%d] must be a 1-D %s array, got %s %s"
-                                     % (path, field, i, "float" if kind == "f" else "integer",
-                                        row.dtype, row.shape))
-                rows.append(row.astype(np.float32 if kind == "f" else np.int32))
-            out[field] = rows
-    for i in range(n):
-        length, m = int(out["valid_lengths"][i]), len(out["masked_lm_ids"][i])
-        if len(out["input_ids"][i]) != length or length < 1:
-            raise ValueError("%s: instance %d has %d input ids but valid_length %d"
-                             % (path, i, len(out["input_ids"][i]), length))
-        if len(out["masked_lm_positions"][i]) != m or len(out["masked_lm_weights"][i]) != m:
-            raise ValueError("%s: instance %d: masked_lm_positions/ids/weights lengths differ"
-                             % (path, i))
-        pos = out["masked_lm_positions"][i]
-        if m and (pos.min() < 0 or pos.max() >= length):
-            raise ValueError("%s: instance %d: a masked position lies outside [0, %d)"
-                             % (path, i, length))
-        if vocab_size is not None:
-            for field in ("input_ids", "masked_lm_ids"):
-                ids = out[field][i]
-                if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
-                    raise ValueError("%s: instance %d: %s has ids outside the vocabulary "
-                                     "[0, %d)" % (path, i, field, vocab_size))
-    return out
-
-
-def write_synthetic_shard(path: str, num: int, vocab_size: int, seed: int = 0,
-                          max_len: int = 32, max_predictions: int = 5) -> str:
-    """A valid random shard in the 2020 format (for tests and throughput benchmarks)."""
-    from bort_core.data.pretraining import object_array
-
-    rng = np.random.RandomState(seed)
-    lengths = rng.randint(8, max_len + 1, size=num).astype(np.int32)
-    ids, pos, mids, weights = [], [], [], []
-    for n in lengths:
-        row = rng.randint(4, vocab_size, size=n).astype(np.int32)
-        row[0], row[-1] = 0, 2
-        m = int(rng.randint(1, min(max_predictions, n - 2) + 1))
-        p = np.sort(rng.choice(np.arange(1, n - 1), m, replace=False)).astype(np.int32)
-        ids.append(row)
-        pos.append(p)
-        mids.append(rng.randint(4, vocab_size, size=m).astype(np.int32))
-        weights.append(np.ones(m, np.float32))
-    fields = {"input_ids": object_array(ids), "segment_ids": object_array([0 * r for r in ids]),
-              "masked_lm_positions": object_array(pos), "masked_lm_ids": object_array(mids),
-              "masked_lm_weights": object_array(weights),
-              "next_sentence_labels": np.zeros(num, np.int32), "valid_lengths": lengths}
-    tmp = path[:-len(".npz")] + ".tmp.npz"
-    np.savez_compressed(tmp, **fields)
-    os.replace(tmp, path)
-    return path
-
-
 def bucket_batches(lengths: np.ndarray, tokens_per_batch: int, num_buckets: int,
                    rng: np.random.RandomState, use_avg_len: bool = True) -> List[np.ndarray]:
     """Index arrays covering every instance exactly once, grouped by length.
@@ -303,17 +205,19 @@ class BatchStream:
     Shards are read lazily and one at a time (the current one stays cached)."""
 
     def __init__(self, files: Sequence[str], tokens_per_batch: int, num_buckets: int = 20,
-                 use_avg_len: bool = True, seed: int = 0, vocab_size: Optional[int] = None):
+                 use_avg_len: bool = True, seed: int = 0, vocab_size: Optional[int] = None,
+                 max_length: Optional[int] = None):
         if not files:
             raise ValueError("no shard files given")
-        self.files, self.seed, self.vocab_size = list(files), seed, vocab_size
+        self.files, self.seed = list(files), seed
+        self.limits = {"vocab_size": vocab_size, "max_length": max_length}
         self.tokens, self.buckets, self.avg = tokens_per_batch, num_buckets, use_avg_len
         self._cache = (None, None)
         self._counts = None
 
     def shard(self, path):
         if self._cache[0] != path:
-            self._cache = (path, load_shard(path, self.vocab_size))
+            self._cache = (path, load_shard(path, **self.limits))
         return self._cache[1]
 
     def _plan(self, epoch, path):
@@ -570,12 +474,14 @@ def resolve_models(options: PretrainOptions):
     return student, params, teacher, teacher_params
 
 
-def make_streams(options: PretrainOptions, vocab_size: int):
-    """(train stream, eval stream or None), every shard loaded and validated once."""
+def make_streams(options: PretrainOptions, config):
+    """(train stream, eval stream or None), every shard loaded and validated once against the
+    student's vocabulary and longest sequence."""
     if not options.data:
         raise ValueError("--data: give the training shards (e.g. 'shards/part-*.npz')")
     kw = dict(tokens_per_batch=options.tokens_per_batch, num_buckets=options.num_buckets,
-              use_avg_len=options.use_avg_len, seed=options.seed, vocab_size=vocab_size)
+              use_avg_len=options.use_avg_len, seed=options.seed, vocab_size=config.vocab_size,
+              max_length=config.max_length)
     stream = BatchStream(expand_shards(options.data), **kw)
     stream.validate()
     eval_stream = None

@@ -206,7 +206,7 @@ def _evaluate(framework: str, config, params_path: str, eval_glob: str, teacher=
     backend = get_backend(framework)
     model = backend.load(config, params_path)
     teacher_model = backend.load(teacher[0], teacher[1]) if teacher else None
-    data = load_data([eval_glob], config.vocab_size, flag="eval shards")
+    data = load_data([eval_glob], config, flag="eval shards")
     return backend.evaluate_mlm(model, eval_batches(data), teacher=teacher_model)
 
 

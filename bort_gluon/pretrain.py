@@ -186,6 +186,6 @@ def pretrain(options: core.PretrainOptions, ctx=None) -> List[Dict]:
     """Run a whole pretraining job (one process, or one horovodrun worker)."""
     rank, world, auto = init_distributed()
     engine, student = build_engine(options, rank, world, ctx or auto)
-    stream, eval_stream = core.make_streams(options, student.vocab_size)
+    stream, eval_stream = core.make_streams(options, student)
     return core.run_pretraining(engine, options, stream, eval_stream,
                                 meta={"framework": "gluon", "workers": world})

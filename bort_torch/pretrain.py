@@ -243,6 +243,6 @@ def pretrain(options: core.PretrainOptions, device: Optional[str] = None) -> Lis
     """Run a whole pretraining job (one process, or one torchrun worker)."""
     rank, world, auto = init_distributed()
     engine, student = build_engine(options, rank, world, device or auto)
-    stream, eval_stream = core.make_streams(options, student.vocab_size)
+    stream, eval_stream = core.make_streams(options, student)
     return core.run_pretraining(engine, options, stream, eval_stream,
                                 meta={"framework": "torch", "workers": world})

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
+from bort_core.data import shards as sh  # noqa: E402
 from parity.throughput import host_info  # noqa: E402
 
 DEFAULT_VARIANTS = "gluon:float32,torch:float32,torch:bfloat16"
@@ -64,7 +65,7 @@ def prepare(workdir, args):
         # enough rows that every length bucket (20, the default) fills whole batches; one pass
         # of the shard holds far more batches than a benchmark runs
         rows = 2 * 20 * args.tokens_per_batch // 16 + 100
-        core.write_synthetic_shard(os.path.join(workdir, "part-000.npz"), rows,
+        sh.write_synthetic_shard(os.path.join(workdir, "part-000.npz"), rows,
                                    student.vocab_size, seed=0, max_len=args.max_len,
                                    max_predictions=args.max_predictions)
         data = os.path.join(workdir, "part-*.npz")
@@ -102,7 +103,7 @@ def worker(spec):
         warmup_ratio=0.5, lr=1e-4, tokens_per_batch=spec["tokens_per_batch"],
         dtype=spec["dtype"], progress=False, tensorboard=False, seed=0)
     engine, student = fw.build_engine(options)
-    stream, _ = core.make_streams(options, student.vocab_size)
+    stream, _ = core.make_streams(options, student)
     stamps = []
     update = engine.update
 

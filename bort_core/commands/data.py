@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from bort_core.data.shards import LAYOUTS
 from bort_core.tokenizer import load_tokenizer
 
 
@@ -24,7 +25,7 @@ def register(sub):
     p = sub.add_parser("create-pretraining-data", help="text -> masked-LM .npz shards",
                        description="Create BERT-style masked-LM instances from text files (one "
                        "sentence per line, blank line between documents) and write "
-                       "part-%%03d.npz shards in the 2020 format.")
+                       "part-%%03d.npz shards (flat arrays, or the 2020 layout with --layout 2020).")
     p.add_argument("--input", nargs="+", metavar="FILES",
                    help="input files, globs or comma-separated lists (default: the embedded "
                    "demo corpus)")
@@ -37,6 +38,11 @@ def register(sub):
     p.add_argument("--dupe-factor", type=int, default=1)
     p.add_argument("--whole-word-mask", action="store_true")
     p.add_argument("--num-outputs", type=int, default=1, help="number of .npz shards")
+    p.add_argument("--layout", choices=LAYOUTS, default="flat",
+                   help="flat: plain arrays, no pickle (ours, the default); 2020: the release's "
+                   "object arrays, for its NumpyDataset(allow_pickle=True) loader")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the part-*.npz shards of an earlier run in --output-dir")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--docs-per-chunk", type=int, default=256,
                    help="documents per work unit; random next sentences come from the same unit")
@@ -58,7 +64,8 @@ def run_create(args):
     tokenizer = load_tokenizer(args.vocab, args.merges, args.dictionary)
     stats = create_pretraining_data(args.input or [CORPUS_PATH], args.output_dir, tokenizer,
                                     options, args.num_outputs, args.num_workers,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, layout=args.layout,
+                                    overwrite=args.overwrite)
     print(json.dumps(stats, indent=2))
     return 0
 

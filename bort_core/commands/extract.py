@@ -109,9 +109,8 @@ def run(args):
                        args.steps, analytic))
     if not args.dry_run and not args.resume and ose.holds_run(args.out):
         raise ValueError(ose.REFUSE_OUT % args.out)     # before anything in --out changes
-    table = ose.write_candidates(plan, args.out)
     if args.dry_run:
-        print("candidate table: %s" % table)
+        print("candidate table: %s" % ose.write_candidates(plan, args.out))
         return 0
     if not args.framework:
         raise ValueError("--framework is required unless --dry-run")
@@ -127,9 +126,9 @@ def run(args):
         if teacher_config.vocab_size != vocab:
             raise ValueError("--teacher: %s has a vocabulary of %d entries, the search space's "
                              "students %d" % (args.teacher, teacher_config.vocab_size, vocab))
-    train = ose.load_data(args.data, vocab, "--data")
+    train = ose.load_data(args.data, plan.config(t), "--data")
     if args.eval_data:
-        held_out = ose.load_data(args.eval_data, vocab, "--eval-data")
+        held_out = ose.load_data(args.eval_data, plan.config(t), "--eval-data")
     else:
         n = len(train["valid_lengths"])
         if not 0 < args.eval_size < n:
@@ -137,6 +136,7 @@ def run(args):
         train, held_out = ose.subset(train, np.arange(n - args.eval_size)), \
             ose.subset(train, np.arange(n - args.eval_size, n))
 
+    ose.write_candidates(plan, args.out)     # once the inputs are known to be good
     from bort_core.backend import get_backend
     backend = get_backend(args.framework)
     teacher = backend.load(teacher_config, args.teacher) if args.teacher else None

@@ -1,14 +1,15 @@
-"""Masked-LM pretraining instances, streamed from text into `.npz` shards (the 2020 format).
+"""Masked-LM pretraining instances, streamed from text into `.npz` shards.
 
-Input: text files with one sentence per line and a blank line between documents. Output:
-`part-%03d.npz` files (np.savez_compressed's format) with, per instance i,
+Input: text files (UTF-8) with one sentence per line and a blank line between documents.
+Output: `part-%03d.npz` shards (np.savez_compressed's format) with, per instance i,
 
     input_ids[i], segment_ids[i], masked_lm_positions[i], masked_lm_ids[i]   int32 arrays
     masked_lm_weights[i]                                                     float32 array
     next_sentence_labels, valid_lengths                                      int32, shape (N,)
 
-the first five stored as 1-D object arrays (load with allow_pickle=True, e.g. GluonNLP's
-`NumpyDataset`). Instances follow Google BERT's recipe: `<s> A </s> B </s>` of at most
+in the `flat` layout (plain arrays, no pickle) or, with `--layout 2020`, the release's object
+arrays for its `NumpyDataset` loader (`bort_core.data.shards` describes and reads both).
+Instances follow Google BERT's recipe: `<s> A </s> B </s>` of at most
 max_seq_length tokens, B the true continuation or (p=0.5, label 1) text from another document,
 15% of the non-special tokens predicted: 80% replaced by `<mask>`, 10% by a random token, 10% kept.
 
@@ -17,7 +18,7 @@ Unlike the 2020 script this one
 - uses the vocabulary's own `<s>`/`</s>` (ids 0 and 2), never ids beyond the embedding (B2);
 - supports --whole-word-mask with byte-level BPE: a word is a token starting with 'Ġ' plus the
   tokens that follow it, and every sentence's first token (B3);
-- stores 1-D object arrays even when all lengths are equal (B4);
+- in the 2020 layout, stores 1-D object arrays even when all lengths are equal (B4);
 - derives one RNG per (seed, chunk, dupe), so workers never share a state and the output depends
   on the seed only -- not on the number of workers;
 - streams: documents are read in chunks of `docs_per_chunk`, the random "next sentence" comes
@@ -33,6 +34,7 @@ import io
 import os
 import pickle
 import random
+import re
 import zipfile
 from array import array
 from collections import deque
@@ -40,10 +42,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from bort_core.data.shards import COUNTS, LAYOUTS
 from bort_core.tokenizer import WORD_START, BPETokenizer
-
-FIELDS = ("input_ids", "masked_lm_ids", "masked_lm_positions", "masked_lm_weights",
-          "next_sentence_labels", "segment_ids", "valid_lengths")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,16 +81,28 @@ def expand_inputs(patterns: Iterable[str]) -> List[str]:
             found = sorted(glob.glob(os.path.expanduser(part)))
             if not found:
                 raise FileNotFoundError("no input file matches %s" % part)
+            for path in found:
+                if os.path.isdir(path):
+                    raise ValueError("%s: a directory, not a text file (name its files, e.g. "
+                                     "'%s')" % (path, os.path.join(path, "*.txt")))
             files.extend(found)
     return files
 
 
 def read_documents(path: str) -> Iterator[List[str]]:
-    """Documents (lists of non-empty lines) of one file, streamed."""
+    """Documents (lists of non-empty lines) of one UTF-8 file, streamed; a line that is not
+    text is an error naming the file and line."""
     doc = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if b"\0" in raw:
+                raise ValueError("%s: line %d holds a NUL byte: a binary file, not text"
+                                 % (path, number))
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise ValueError("%s: line %d is not UTF-8 text (byte 0x%02x at column %d)"
+                                 % (path, number, raw[err.start], err.start + 1)) from None
             if line:
                 doc.append(line)
             elif doc:
@@ -247,15 +259,21 @@ def _truncate_pair(a, b, max_tokens, rng):
 
 class ShardWriter:
     """Spools instances round-robin to `num_outputs` shards on disk, then streams each
-    `part-%03d.npz` from its spool in the shard's shuffled order. Memory holds one instance and
-    a per-instance index (9 bytes an instance, about 50 while its shard is written), whatever
-    the size of the shard."""
+    `part-%03d.npz` from its spool in the shard's shuffled order, in `layout` (`flat`, ours,
+    or `2020`, the release's object arrays; see `bort_core.data.shards`). Memory holds one
+    instance and a per-instance index (9 bytes an instance, about 50 while its shard is
+    written), whatever the size of the shard. Shards appear only by `close()`, each atomically;
+    `discard()` leaves nothing behind."""
 
-    def __init__(self, output_dir: str, num_outputs: int, seed: int):
+    def __init__(self, output_dir: str, num_outputs: int, seed: int, layout: str = "flat"):
         if num_outputs < 1:
             raise ValueError("num_outputs must be at least 1")
+        if layout not in LAYOUTS:
+            raise ValueError("unknown shard layout %r; choose one of: %s"
+                             % (layout, ", ".join(LAYOUTS)))
+        self._made_dir = not os.path.isdir(output_dir)
         os.makedirs(output_dir, exist_ok=True)
-        self.output_dir, self.seed, self.count = output_dir, seed, 0
+        self.output_dir, self.seed, self.layout, self.count = output_dir, seed, layout, 0
         self._spools = [open(self._spool(k), "wb") for k in range(num_outputs)]
         # per shard, in spool order: len(input_ids), len(masked_lm_ids), next_sentence_label
         self._index = [(array("i"), array("i"), array("b")) for _ in range(num_outputs)]
@@ -275,11 +293,27 @@ class ShardWriter:
         self.count += 1
 
     def close(self) -> List[str]:
-        paths = []
+        for f in self._spools:
+            f.close()
+        try:
+            return [self._write_shard(k) for k in range(len(self._spools))]
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove the spools, any temporary shard, every shard this writer wrote, and the
+        output directory if this writer made it."""
         for k, f in enumerate(self._spools):
             f.close()
-            paths.append(self._write_shard(k))
-        return paths
+            for path in (self._spool(k), self._part(k) + ".tmp", self._part(k)):
+                if os.path.exists(path):
+                    os.remove(path)
+        if self._made_dir and not os.listdir(self.output_dir):
+            os.rmdir(self.output_dir)
+
+    def _part(self, k):
+        return os.path.join(self.output_dir, "part-%03d.npz" % k)
 
     def _shuffled_index(self, k):
         """Shard k's records in the shard's shuffled order (`random.shuffle` of them with the
@@ -297,28 +331,52 @@ class ShardWriter:
         starts, n, m, labels = self._shuffled_index(k)
         numeric = {"next_sentence_labels": labels.astype(np.int32),
                    "valid_lengths": n.astype(np.int32)}
+        if self.layout == "flat":
+            numeric[COUNTS] = m.astype(np.int32)
         # each field of a record in the spool: (start in the record, length) in int32s
         spans = {"input_ids": (0, n), "segment_ids": (n, n), "masked_lm_positions": (2 * n, m),
                  "masked_lm_ids": (2 * n + m, m)}
-        item_pickle = _ItemPickler()
-        weights = {c: item_pickle(np.ones(c, dtype=np.float32)) for c in np.unique(m).tolist()}
-        path = os.path.join(self.output_dir, "part-%03d.npz" % k)
+        path = self._part(k)
         with open(self._spool(k), "rb") as spool, \
                 zipfile.ZipFile(path + ".tmp", "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for name in sorted(FIELDS):
+            for name in sorted(list(numeric) + list(spans) + ["masked_lm_weights"]):
                 # np.savez_compressed's layout, at zlib level 1 (about three times faster)
                 with zf.open(name + ".npy", "w", force_zip64=True) as f:
                     if name in numeric:
                         np.lib.format.write_array(f, numeric[name])
-                    elif name == "masked_lm_weights":
-                        _write_object_array(f, len(m), (weights[c] for c, in _rows(m)))
+                    elif self.layout == "flat":
+                        _write_flat_field(f, spool, name, starts, spans, m)
                     else:
-                        _write_object_array(f, len(m), (
-                            item_pickle(_read_int32(spool, at, size))
-                            for at, size in _rows(starts + spans[name][0], spans[name][1])))
+                        _write_object_field(f, spool, name, starts, spans, m)
         os.replace(path + ".tmp", path)
         os.remove(self._spool(k))
         return path
+
+
+def _write_flat_field(f, spool, name, starts, spans, m) -> None:
+    """A per-instance field of the flat layout: one 1-D array, the records' values in order."""
+    weights = name == "masked_lm_weights"
+    offset, sizes = (0, m) if weights else spans[name]
+    np.lib.format.write_array_header_1_0(f, {"descr": "<f4" if weights else "<i4",
+                                             "fortran_order": False, "shape": (int(sizes.sum()),)})
+    if weights:
+        for i in range(0, len(m), 256):
+            f.write(np.ones(int(m[i:i + 256].sum()), dtype="<f4").tobytes())
+        return
+    for at, size in _rows(starts + offset, sizes):
+        f.write(_read_int32(spool, at, size).astype("<i4").tobytes())
+
+
+def _write_object_field(f, spool, name, starts, spans, m) -> None:
+    """A per-instance field of the 2020 layout: an object array of per-record arrays."""
+    item_pickle = _ItemPickler()
+    if name == "masked_lm_weights":
+        weights = {c: item_pickle(np.ones(c, dtype=np.float32)) for c in np.unique(m).tolist()}
+        _write_object_array(f, len(m), (weights[c] for c, in _rows(m)))
+        return
+    offset, sizes = spans[name]
+    _write_object_array(f, len(m), (item_pickle(_read_int32(spool, at, size))
+                                    for at, size in _rows(starts + offset, sizes)))
 
 
 def _rows(*columns: np.ndarray, chunk: int = 256) -> Iterator[tuple]:
@@ -400,14 +458,6 @@ class _ArrayPickler(pickle._Pickler):
     dispatch[_PickledItems] = _save_pickled_items
 
 
-def object_array(arrays) -> np.ndarray:
-    """A 1-D object array of the given arrays, even when they all have the same length (B4)."""
-    out = np.empty(len(arrays), dtype=object)
-    for i, a in enumerate(arrays):
-        out[i] = a
-    return out
-
-
 # ---------------------------------------------------------------------------------- the driver
 
 _worker_maker: Optional[InstanceMaker] = None
@@ -423,17 +473,39 @@ def _work(args):
     return _worker_maker(*args)
 
 
+def prepare_output_dir(output_dir: str, overwrite: bool = False) -> None:
+    """Make `output_dir` ready for new shards: a killed run's spools and temporary shards are
+    removed; earlier shards are removed with `overwrite`, else refused (a glob would pick them
+    up), as is any other file there."""
+    if not os.path.isdir(output_dir):
+        return
+    ours = re.compile(r"^(\.part-\d{3,}\.spool|part-\d{3,}\.npz\.tmp)$")
+    shards = re.compile(r"^part-\d{3,}\.npz$")
+    for name in sorted(os.listdir(output_dir)):
+        if ours.match(name) or (overwrite and shards.match(name)):
+            os.remove(os.path.join(output_dir, name))
+    left = sorted(os.listdir(output_dir))
+    if left:
+        raise ValueError("%s: the output directory is not empty (%s%s); %s"
+                         % (output_dir, ", ".join(left[:3]), ", ..." if len(left) > 3 else "",
+                            "pass --overwrite to replace its shards"
+                            if all(shards.match(n) for n in left) else "choose an empty one"))
+
+
 def create_pretraining_data(inputs: Sequence[str], output_dir: str, tokenizer: BPETokenizer,
                             options: PretrainingOptions = PretrainingOptions(),
                             num_outputs: int = 1, num_workers: int = 1,
-                            progress: bool = True) -> Dict[str, object]:
+                            progress: bool = True, layout: str = "flat",
+                            overwrite: bool = False) -> Dict[str, object]:
     """Write `part-%03d.npz` shards for the text `inputs`; returns counts for a summary.
 
     The output depends on the inputs, tokenizer, options and num_outputs, not on num_workers.
+    A run that fails (or yields no instance) leaves no shard behind.
     """
     files = expand_inputs(inputs)
     total_bytes = sum(os.path.getsize(f) for f in files)
-    writer = ShardWriter(output_dir, num_outputs, options.seed)
+    prepare_output_dir(output_dir, overwrite)
+    writer = ShardWriter(output_dir, num_outputs, options.seed, layout)
     stats = {"instances": 0, "tokens": 0, "masked": 0, "random_next": 0}
     from tqdm import tqdm
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="create-pretraining-data",
@@ -467,7 +539,13 @@ def create_pretraining_data(inputs: Sequence[str], output_dir: str, tokenizer: B
                 while pending:
                     result, done = pending.popleft()
                     consume(result.get(), done)
+        if not stats["instances"]:
+            raise ValueError("%s: no instance could be made (an instance needs a document of "
+                             "two or more sentences, or two documents)" % ", ".join(files))
+    except BaseException:
+        writer.discard()
+        raise
     finally:
         bar.close()
-        stats["files"] = writer.close()
+    stats["files"] = writer.close()
     return stats

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from bort_core.data.pretraining import object_array
+from bort_core.data.shards import object_array
 
 GLUE_URL = "https://gluebenchmark.com/tasks"
 SUPERGLUE_URL = "https://super.gluebenchmark.com/tasks"

@@ -1,4 +1,5 @@
-"""create-pretraining-data: the 2020 format without release bugs B1-B4, determinism, statistics."""
+"""create-pretraining-data: both shard layouts, release bugs B1-B4 fixed, determinism, statistics,
+refusals (stale output, bad text, no instances) that leave nothing behind."""
 import filecmp
 import io
 import json
@@ -17,6 +18,7 @@ import pytest
 
 from bort_core import cli
 from bort_core.data import pretraining as pt
+from bort_core.data import shards as sh
 from bort_core.data.demo import CORPUS_PATH
 from bort_core.tokenizer import DEMO_DIR, load_tokenizer
 
@@ -39,13 +41,15 @@ def corpus(tmp_path_factory):
     return str(path), docs
 
 
-def _make(corpus, tok, out, workers=1, outputs=2, **kw):
+def _make(corpus, tok, out, workers=1, outputs=2, layout="flat", **kw):
+    """(stats, the shards as `load_shard` reads them)."""
     kw.setdefault("max_seq_length", 128)
     kw.setdefault("max_predictions_per_seq", 20)
     kw.setdefault("docs_per_chunk", 16)
     stats = pt.create_pretraining_data([corpus[0]], str(out), tok, pt.PretrainingOptions(**kw),
-                                       num_outputs=outputs, num_workers=workers, progress=False)
-    return stats, [dict(np.load(p, allow_pickle=True)) for p in stats["files"]]
+                                       num_outputs=outputs, num_workers=workers, progress=False,
+                                       layout=layout)
+    return stats, [sh.load_shard(p) for p in stats["files"]]
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +63,40 @@ def _instances(shards):
             yield {k: v[i] for k, v in shard.items()}
 
 
-def test_fields_and_dtypes_are_the_2020_ones(shards):
+def test_flat_layout_is_plain_arrays_without_pickle(shards):
     stats, loaded = shards
     assert len(loaded) == 2 and stats["instances"] > 200
     assert sum(len(s["valid_lengths"]) for s in loaded) == stats["instances"]
-    for shard in loaded:
-        assert sorted(shard) == sorted(pt.FIELDS)
-        n = len(shard["valid_lengths"])
-        for name, dtype in DTYPES.items():
-            assert shard[name].dtype == object and shard[name].shape == (n,)
-            assert all(a.dtype == dtype and a.ndim == 1 for a in shard[name])
-        for name in ("next_sentence_labels", "valid_lengths"):
-            assert shard[name].dtype == np.int32 and shard[name].shape == (n,)
+    for path, shard in zip(stats["files"], loaded):
+        with np.load(path, allow_pickle=False) as raw:
+            assert sorted(raw.files) == sorted(sh.FIELDS + (sh.COUNTS,))
+            n = len(raw["valid_lengths"])
+            for name in ("next_sentence_labels", "valid_lengths", sh.COUNTS):
+                assert raw[name].dtype == np.int32 and raw[name].shape == (n,)
+            for name, dtype in DTYPES.items():
+                cuts = raw["valid_lengths" if name in sh.TOKEN_FIELDS else sh.COUNTS]
+                assert raw[name].dtype == dtype and raw[name].shape == (int(cuts.sum()),)
+                assert np.array_equal(np.concatenate(shard[name]), raw[name])
+
+
+def test_2020_layout_fields_and_dtypes_are_the_release_ones(corpus, tok, tmp_path):
+    stats, loaded = _make(corpus, tok, tmp_path, layout="2020")
+    for path, shard in zip(stats["files"], loaded):
+        with np.load(path, allow_pickle=True) as raw:      # our own file: pickles are ours
+            assert sorted(raw.files) == sorted(sh.FIELDS)
+            n = len(raw["valid_lengths"])
+            for name, dtype in DTYPES.items():
+                assert raw[name].dtype == object and raw[name].shape == (n,)
+                assert all(a.dtype == dtype and a.ndim == 1 for a in raw[name])
+                assert all(np.array_equal(a, b) for a, b in zip(raw[name], shard[name]))
+            for name in ("next_sentence_labels", "valid_lengths"):
+                assert raw[name].dtype == np.int32 and raw[name].shape == (n,)
+    flat = _make(corpus, tok, tmp_path / "flat")[1]
+    for a, b in zip(loaded, flat):
+        assert sorted(a) == sorted(b)
+        assert all(np.array_equal(np.concatenate(a[k]) if isinstance(a[k], list) else a[k],
+                                  np.concatenate(b[k]) if isinstance(b[k], list) else b[k])
+                   for k in a)
 
 
 def test_layout_special_ids_and_lengths_b2(shards, tok):
@@ -174,12 +200,7 @@ def test_deterministic_for_seed_and_independent_of_workers(corpus, tok, tmp_path
     again, _ = _make(corpus, tok, tmp_path / "again", workers=2)
     other, _ = _make(corpus, tok, tmp_path / "seed", workers=1, seed=7)
     for f1, f2, f3, f4 in zip(one["files"], two["files"], again["files"], other["files"]):
-        a = dict(np.load(f1, allow_pickle=True))
-        for f in (f2, f3):
-            b = dict(np.load(f, allow_pickle=True))
-            assert all(np.array_equal(np.concatenate(a[k]) if a[k].dtype == object else a[k],
-                                      np.concatenate(b[k]) if b[k].dtype == object else b[k])
-                       for k in pt.FIELDS)
+        assert filecmp.cmp(f1, f2, shallow=False) and filecmp.cmp(f1, f3, shallow=False)
         assert not filecmp.cmp(f1, f4, shallow=False)
 
 
@@ -193,13 +214,13 @@ def test_chunks_get_their_own_random_streams(corpus, tok, tmp_path):
     stats = pt.create_pretraining_data(
         [str(path)], str(tmp_path / "out"), tok,
         pt.PretrainingOptions(max_seq_length=64, docs_per_chunk=n_docs), 1, progress=False)
-    shard = np.load(stats["files"][0], allow_pickle=True)
+    shard = sh.load_shard(stats["files"][0])
     positions = {tuple(p) for p in shard["masked_lm_positions"]}
     assert len(positions) > 0.9 * len(shard["masked_lm_positions"])
 
 
 def test_equal_lengths_stay_one_dimensional_object_arrays_b4(tmp_path):
-    writer = pt.ShardWriter(str(tmp_path), 1, seed=0)
+    writer = pt.ShardWriter(str(tmp_path), 1, seed=0, layout="2020")
     for k in range(3):
         writer.add({"input_ids": np.arange(6, dtype=np.int32) + k,
                     "segment_ids": np.array([0, 0, 0, 1, 1, 1], dtype=np.int32),
@@ -221,9 +242,9 @@ def _assemble(instances, num_outputs, seed):
     for k in range(num_outputs):
         records = instances[k::num_outputs]
         random.Random("%d/shard/%d" % (seed, k)).shuffle(records)
-        fields = {name: pt.object_array([r[name] for r in records]) for name in
+        fields = {name: sh.object_array([r[name] for r in records]) for name in
                   ("input_ids", "segment_ids", "masked_lm_positions", "masked_lm_ids")}
-        fields["masked_lm_weights"] = pt.object_array(
+        fields["masked_lm_weights"] = sh.object_array(
             [np.ones(len(r["masked_lm_ids"]), dtype=np.float32) for r in records])
         fields["next_sentence_labels"] = np.array([r["next_sentence_labels"] for r in records],
                                                   dtype=np.int32)
@@ -254,16 +275,16 @@ def test_streamed_shards_load_as_the_in_memory_writer_wrote_them(corpus, tok, tm
         add(writer, inst)
 
     monkeypatch.setattr(pt.ShardWriter, "add", recording_add)
-    stats, loaded = _make(corpus, tok, tmp_path / "out", outputs=3, dupe_factor=2, seed=5)
+    stats, _ = _make(corpus, tok, tmp_path / "out", outputs=3, dupe_factor=2, seed=5,
+                     layout="2020")
     assert len(added) == stats["instances"] > 500
-    for k, (path, shard, want) in enumerate(zip(stats["files"], loaded,
-                                                _assemble(added, 3, seed=5))):
+    for k, (path, want) in enumerate(zip(stats["files"], _assemble(added, 3, seed=5))):
         old = str(tmp_path / ("old-%d.npz" % k))
         np.savez_compressed(old, **want)
-        with np.load(old, allow_pickle=True) as expected:
-            _assert_same_arrays(shard, dict(expected))
+        with np.load(old, allow_pickle=True) as expected, np.load(path, allow_pickle=True) as got:
+            _assert_same_arrays(dict(got), dict(expected))
         with zipfile.ZipFile(path) as zf:
-            assert zf.namelist() == [name + ".npy" for name in sorted(pt.FIELDS)]
+            assert zf.namelist() == [name + ".npy" for name in sorted(sh.FIELDS)]
             with zf.open("input_ids.npy") as f:     # a well-formed pickle, memo included
                 assert np.lib.format.read_magic(f) == (1, 0)
                 np.lib.format.read_array_header_1_0(f)
@@ -281,11 +302,11 @@ def _synthetic(count, length=512, predictions=76):
                "next_sentence_labels": i % 2}
 
 
-def _peak_bytes_writing(directory, count):
+def _peak_bytes_writing(directory, count, layout):
     """tracemalloc's peak while `count` instances go through a ShardWriter into one shard."""
     tracemalloc.start()
     try:
-        writer = pt.ShardWriter(directory, 1, seed=0)
+        writer = pt.ShardWriter(directory, 1, seed=0, layout=layout)
         for inst in _synthetic(count):
             writer.add(inst)
         (path,) = writer.close()
@@ -294,21 +315,27 @@ def _peak_bytes_writing(directory, count):
         tracemalloc.stop()
 
 
-def test_memory_stays_flat_as_the_shard_grows(tmp_path):
-    small, _ = _peak_bytes_writing(str(tmp_path / "small"), 200)
-    large, path = _peak_bytes_writing(str(tmp_path / "large"), 2000)
+@pytest.mark.parametrize("layout", sh.LAYOUTS)
+def test_memory_stays_flat_as_the_shard_grows(tmp_path, layout):
+    small, _ = _peak_bytes_writing(str(tmp_path / "small"), 200, layout)
+    large, path = _peak_bytes_writing(str(tmp_path / "large"), 2000, layout)
     record = 4 * (2 * 512 + 2 * 76)           # bytes an instance takes in the spool
     # a shard held in memory costs >= `record` bytes an instance (the old writer: about twice)
     assert large < 1.5 * small and (large - small) / 1800 < 128 < record / 30, (small, large)
-    with np.load(path, allow_pickle=True) as shard:    # 2000 items: two pickle batches
-        _assert_same_arrays(dict(shard), _assemble(list(_synthetic(2000)), 1, seed=0)[0])
+    old = str(tmp_path / "old.npz")            # 2000 items: two pickle batches in the 2020 layout
+    np.savez_compressed(old, **_assemble(list(_synthetic(2000)), 1, seed=0)[0])
+    got, want = sh.load_shard(path), sh.load_shard(old)
+    assert sorted(got) == sorted(want)
+    assert all(np.array_equal(np.concatenate(got[k]) if isinstance(got[k], list) else got[k],
+                              np.concatenate(want[k]) if isinstance(want[k], list) else want[k])
+               for k in want)
 
 
 # flattens a shard into plain arrays (no pickles), for interpreters to compare what they loaded
 _FLATTEN = """
 import sys
 import numpy as np
-shard, flat = np.load(sys.argv[1], allow_pickle=True), {}
+shard, flat = np.load(sys.argv[1], allow_pickle=sys.argv[3] == "2020"), {}
 for name in shard.files:
     a = shard[name]
     flat[name + ".dtype"], flat[name + ".shape"] = np.array(str(a.dtype)), np.array(a.shape)
@@ -333,15 +360,18 @@ def _legacy_python():
     return None
 
 
-def test_shards_load_the_same_in_the_legacy_numpy(shards, tmp_path):
+@pytest.mark.parametrize("layout", sh.LAYOUTS)
+def test_shards_load_the_same_in_the_legacy_numpy(corpus, tok, tmp_path, layout):
+    """numpy 1.16 reads both layouts as we do: the flat one with pickling off."""
     exe = _legacy_python()
     if exe is None:
         pytest.skip("no legacy Python with numpy found (set BORT_LEGACY_PYTHON, or build the tox "
                     "legacy env / /tmp/venv37)")
+    path = _make(corpus, tok, tmp_path / "out", outputs=1, layout=layout)[0]["files"][0]
     flat = []
     for k, python in enumerate((exe, sys.executable)):
         out = str(tmp_path / ("%d.npz" % k))
-        result = subprocess.run([python, "-c", _FLATTEN, shards[0]["files"][0], out],
+        result = subprocess.run([python, "-c", _FLATTEN, path, out, layout],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 universal_newlines=True, timeout=120)
         assert result.returncode == 0, result.stdout
@@ -349,7 +379,10 @@ def test_shards_load_the_same_in_the_legacy_numpy(shards, tmp_path):
     old, new = flat
     assert sorted(old) == sorted(new)
     assert all(np.array_equal(old[k], new[k]) and old[k].dtype == new[k].dtype for k in old)
-    assert old["input_ids.items"].tolist() == [["int32", "1"]]
+    if layout == "2020":
+        assert old["input_ids.items"].tolist() == [["int32", "1"]]
+    else:
+        assert old["input_ids.dtype"] == "int32" and sh.COUNTS in old
 
 
 def test_bad_arguments_are_reported(tok, tmp_path):
@@ -373,5 +406,39 @@ def test_cli_writes_shards_with_a_vocabulary_given_by_path(corpus, tmp_path, cap
     stats = json.loads(capsys.readouterr().out)
     assert sorted(os.listdir(str(tmp_path / "o"))) == ["part-000.npz", "part-001.npz",
                                                        "part-002.npz"]
-    sizes = [len(np.load(f, allow_pickle=True)["valid_lengths"]) for f in stats["files"]]
+    sizes = [len(np.load(f)["valid_lengths"]) for f in stats["files"]]
     assert sum(sizes) == stats["instances"] and max(sizes) - min(sizes) <= 1
+
+
+def test_an_earlier_runs_shards_are_refused_or_replaced_with_overwrite(corpus, tok, tmp_path):
+    out = tmp_path / "out"
+    _make(corpus, tok, out, outputs=3)
+    (out / ".part-000.spool").write_bytes(b"left by a killed run")
+    (out / "part-001.npz.tmp").write_bytes(b"half a shard")
+    with pytest.raises(ValueError, match=r"out: the output directory is not empty \(part-000.npz, "
+                       r"part-001.npz, part-002.npz\); pass --overwrite"):
+        _make(corpus, tok, out, outputs=2)
+    assert sorted(os.listdir(str(out))) == ["part-000.npz", "part-001.npz", "part-002.npz"]
+    options = pt.PretrainingOptions(max_seq_length=64)
+    pt.create_pretraining_data([corpus[0]], str(out), tok, options, num_outputs=2,
+                               progress=False, overwrite=True)
+    assert sorted(os.listdir(str(out))) == ["part-000.npz", "part-001.npz"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="choose an empty one"):
+        pt.create_pretraining_data([corpus[0]], str(out), tok, options, progress=False,
+                                   overwrite=True)
+    assert (out / "notes.txt").exists()
+
+
+def test_a_failed_run_leaves_no_shard(corpus, tok, tmp_path, monkeypatch):
+    calls = []
+
+    def failing(self, inst):       # the disk fills up after a few instances
+        calls.append(1)
+        if len(calls) > 5:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pt.ShardWriter, "add", failing)
+    with pytest.raises(OSError):
+        _make(corpus, tok, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ from bort_core import extraction as ose
 from bort_core.checkpoint import load_params, save_params
 from bort_core.cli import main
 from bort_core.configs import get_config
-from bort_core.data.pretraining import object_array
+from bort_core.data.shards import object_array
 from bort_core.pretrain import initial_params
 
 GRID = ose.search_space_from_dict(
@@ -251,11 +251,15 @@ def test_data_beyond_the_vocabulary_is_rejected_naming_the_file(tmp_path):
     path = str(tmp_path / "part-000.npz")
     np.savez(path, **{k: object_array(v) if isinstance(v, list) else v
                       for k, v in shard(vocab=60).items()})
+    tiny = get_config("bort_tiny")
     with pytest.raises(ValueError, match="part-000.npz.*outside the vocabulary"):
-        ose.load_data([path], 50)
+        ose.load_data([path], tiny.replace(vocab_size=50))
+    with pytest.raises(ValueError, match="part-000.npz: instance .* more than the model's "
+                       "max_length 4"):
+        ose.load_data([path], tiny.replace(vocab_size=60, max_length=4))
     with pytest.raises(FileNotFoundError, match="--eval-data"):
-        ose.load_data([str(tmp_path / "none-*.npz")], 50, "--eval-data")
-    assert len(ose.load_data([path], 60)["input_ids"]) == 40
+        ose.load_data([str(tmp_path / "none-*.npz")], tiny, "--eval-data")
+    assert len(ose.load_data([path], tiny.replace(vocab_size=60))["input_ids"]) == 40
 
 
 def test_cli_teacher_vocabulary_mismatch_fails_before_training(tmp_path, capsys):

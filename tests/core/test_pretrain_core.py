@@ -9,12 +9,12 @@ import pytest
 from bort_core import checkpoint as ckpt
 from bort_core import pretrain as core
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config
-from bort_core.data.pretraining import object_array
+from bort_core.data import shards as sh
 
 
 @pytest.fixture
 def shards(tmp_path):
-    return [core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 37 + 5 * k,
+    return [sh.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 37 + 5 * k,
                                        DEMO_VOCAB_SIZE, seed=k) for k in range(3)]
 
 
@@ -29,7 +29,7 @@ def test_an_epoch_uses_every_instance_of_every_shard_once(shards):
     stream = core.BatchStream(shards, tokens_per_batch=96, num_buckets=4, seed=3)
     per_epoch = stream.validate()
     seen = [key for b in stream.batches(0, epochs=1) for key in _instances(b)]
-    expected = [tuple(ids) for path in shards for ids in core.load_shard(path)["input_ids"]]
+    expected = [tuple(ids) for path in shards for ids in sh.load_shard(path)["input_ids"]]
     assert sorted(seen) == sorted(expected)
     assert per_epoch == len(list(stream.batches(0, epochs=1))) > len(shards)
 
@@ -65,36 +65,13 @@ def test_worker_slices_partition_the_global_batch(shards):
 
 
 def test_collate_pads_and_keeps_weights(shards):
-    shard = core.load_shard(shards[0])
+    shard = sh.load_shard(shards[0])
     batch = core.collate(shard, np.array([0, 1, 2]))
     for k, r in enumerate((0, 1, 2)):
         n = len(shard["masked_lm_ids"][r])
         np.testing.assert_array_equal(batch["masked_ids"][k, :n], shard["masked_lm_ids"][r])
         assert batch["masked_weights"][k, n:].sum() == 0
         assert (batch["input_ids"][k, shard["valid_lengths"][r]:] == core.PAD_ID).all()
-
-
-def _write(path, **fields):
-    np.savez(path, **fields)
-    return str(path)
-
-
-def test_bad_shards_are_named(tmp_path, shards):
-    data = dict(np.load(shards[0], allow_pickle=True))
-    missing = {k: v for k, v in data.items() if k != "masked_lm_ids"}
-    with pytest.raises(ValueError, match="lacks field.*masked_lm_ids"):
-        core.load_shard(_write(tmp_path / "a.npz", **missing))
-    wrong = dict(data, masked_lm_weights=object_array([w.astype(np.int32)
-                                                       for w in data["masked_lm_weights"]]))
-    with pytest.raises(ValueError, match=r"masked_lm_weights\[0\] must be a 1-D float"):
-        core.load_shard(_write(tmp_path / "b.npz", **wrong))
-    short = dict(data, valid_lengths=data["valid_lengths"] + 1)
-    with pytest.raises(ValueError, match="instance 0 has"):
-        core.load_shard(_write(tmp_path / "c.npz", **short))
-    with pytest.raises(ValueError, match="outside the vocabulary"):
-        core.load_shard(shards[0], vocab_size=10)
-    with pytest.raises(FileNotFoundError, match="no shard matches"):
-        core.expand_shards(str(tmp_path / "nothing-*.npz"))
 
 
 def test_learning_rate_schedule_is_the_releases():

@@ -13,6 +13,7 @@ import pytest
 from bort_core import checkpoint as ckpt
 from bort_core import pretrain as core
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config
+from bort_core.data import shards as sh
 
 STEPS = 5
 
@@ -27,7 +28,7 @@ def _args(tmp_path, framework, ckpt_dir):
     shards = str(tmp_path / "part-*.npz")
     if not os.path.exists(tmp_path / "part-000.npz"):
         for k in range(2):
-            core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 48,
+            sh.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 48,
                                        DEMO_VOCAB_SIZE, seed=k)
         ckpt.save_params(str(tmp_path / "teacher.params"),
                          core.initial_params(get_config("roberta_tiny"), 9))

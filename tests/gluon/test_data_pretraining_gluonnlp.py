@@ -1,6 +1,6 @@
-"""Our .npz shards feed the 2020 pretraining loader: NumpyDataset(allow_pickle=True), lengths from
-get_field('valid_lengths'), FixedBucketSampler with average length, Tuple(Pad x4, Stack, Pad,
-Stack) over the fields in sorted-key order."""
+"""Our .npz shards in the 2020 layout (`--layout 2020`) feed the 2020 pretraining loader:
+NumpyDataset(allow_pickle=True), lengths from get_field('valid_lengths'), FixedBucketSampler with
+average length, Tuple(Pad x4, Stack, Pad, Stack) over the fields in sorted-key order."""
 import numpy as np
 import pytest
 
@@ -9,6 +9,7 @@ nlp = pytest.importorskip("gluonnlp")
 
 from bort_core.data import pretraining as pt  # noqa: E402
 from bort_core.data.demo import CORPUS_PATH  # noqa: E402
+from bort_core.data.shards import FIELDS  # noqa: E402
 from bort_core.tokenizer import load_tokenizer  # noqa: E402
 
 
@@ -20,7 +21,7 @@ def shard(tmp_path_factory):
     stats = pt.create_pretraining_data(
         [str(text)], str(tmp_path_factory.mktemp("out")), load_tokenizer(),
         pt.PretrainingOptions(max_seq_length=128, max_predictions_per_seq=20, dupe_factor=4),
-        progress=False)
+        progress=False, layout="2020")
     assert stats["instances"] > 1000    # the streamed pickles append items in batches of 1000
     return stats["files"][0], stats
 
@@ -28,7 +29,7 @@ def shard(tmp_path_factory):
 def test_shard_loads_like_the_2020_loader(shard):
     path, stats = shard
     dataset = nlp.data.NumpyDataset(path, allow_pickle=True)
-    assert dataset.keys == sorted(pt.FIELDS) and len(dataset) == stats["instances"]
+    assert dataset.keys == sorted(FIELDS) and len(dataset) == stats["instances"]
     lengths = dataset.get_field("valid_lengths")
     sampler = nlp.data.FixedBucketSampler(lengths=lengths, batch_size=512, num_buckets=4,
                                           shuffle=True, use_average_length=True, num_shards=1)

@@ -15,13 +15,14 @@ pytestmark = pytest.mark.gluon
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
+from bort_core.data import shards as sh  # noqa: E402
 from bort_gluon import pretrain as gp  # noqa: E402
 
 
 @pytest.fixture
 def shards(tmp_path):
     for k in range(2):
-        core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 40, DEMO_VOCAB_SIZE,
+        sh.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 40, DEMO_VOCAB_SIZE,
                                    seed=k)
     return str(tmp_path / "part-*.npz")
 
@@ -58,7 +59,7 @@ def test_one_update_is_bertadam_without_decay_on_layer_norm_and_bias(shards):
     o = _options(shards, None, "", lr=0.1, warmup_ratio=0.0, clip_norm=0.0, num_steps=1)
     student, params, _, _ = core.resolve_models(o)
     engine = gp.Engine(o, gp.build_model(student, params))
-    batch = next(core.BatchStream(core.expand_shards(shards), 160).batches())
+    batch = next(core.BatchStream(sh.expand_shards(shards), 160).batches())
     engine.backward(batch, core.normalizer(batch), 1.0)
     grads = {n: p.grad().asnumpy().astype(np.float64) for n, p in engine.named.items()}
     engine.update(0.1, 1.0)

@@ -7,6 +7,7 @@ import sys
 
 from bort_core import pretrain as core
 from bort_core.configs import DEMO_VOCAB_SIZE
+from bort_core.data import shards as sh
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "..", "scripts")
 
@@ -41,7 +42,7 @@ def test_run_pretraining_distillation_test_mode(tmp_path):
 def test_run_pretraining_distillation_defaults_to_float32_and_refuses_float16(tmp_path):
     # the release's command line (no TEST), shortened to 2 steps of a tiny student
     for k in range(2):
-        core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 20, DEMO_VOCAB_SIZE,
+        sh.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 20, DEMO_VOCAB_SIZE,
                                    seed=k)
     args = ["1", "part-*.npz", "part-001.npz"]
     short = dict(NUM_STEPS="2", MODEL_NAME="bort_tiny", BS="160")

@@ -21,7 +21,7 @@ def demo_instances(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     options = PretrainingOptions(max_seq_length=64, max_predictions_per_seq=10, seed=12345)
     create_pretraining_data([CORPUS_PATH], str(out), load_tokenizer(), options, progress=False)
-    data = ose.load_data([str(out / "part-*.npz")], ose.TINY_SPACE.base["vocab_size"])
+    data = ose.load_data([str(out / "part-*.npz")], ose.TINY_SPACE.members()[0])
     n = len(data["valid_lengths"])
     return ose.subset(data, range(n - 32)), ose.subset(data, range(n - 32, n))
 

@@ -13,6 +13,7 @@ from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.arch import canonical_shapes  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
+from bort_core.data import shards as sh  # noqa: E402
 from parity import train_steps as ts  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def test_a_gluon_checkpoint_resumes_in_torch(tmp_path):
     from bort_torch import pretrain as tp
 
     shards = str(tmp_path / "part-000.npz")
-    core.write_synthetic_shard(shards, 60, DEMO_VOCAB_SIZE, seed=0)
+    sh.write_synthetic_shard(shards, 60, DEMO_VOCAB_SIZE, seed=0)
     teacher = str(tmp_path / "teacher.params")
     ckpt.save_params(teacher, core.initial_params(get_config("roberta_tiny"), 3))
     opts = lambda d, **kw: core.PretrainOptions(**dict(dict(

@@ -17,13 +17,14 @@ pytestmark = pytest.mark.torch
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
+from bort_core.data import shards as sh  # noqa: E402
 from bort_torch import pretrain as tp  # noqa: E402
 
 
 @pytest.fixture
 def shards(tmp_path):
     for k in range(2):
-        core.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 40, DEMO_VOCAB_SIZE,
+        sh.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 40, DEMO_VOCAB_SIZE,
                                    seed=k)
     return str(tmp_path / "part-*.npz")
 
