@@ -11,15 +11,18 @@ is one `Task` entry in `TASKS`. Under `--data-dir` each task reads its official 
     RACE       RACE/{train,dev,test}/{high,middle}/*.txt
     demo       demo-pair/ demo-single/ demo-regression/   (default: the embedded copies)
 
-A reader yields `Example`s: the texts fed to the model, the label normalised to a class-label
-string (bool -> "true"/"false", int -> "0"/"1", as the release did), the label as written in the file,
-and the ids a leaderboard file needs. `featurize` turns them into `<s> A </s> [B </s>]` ids with
-the release's equal truncation. Deviations from the release (each a release bug) are marked FIX.
+Task files are UTF-8 text; a GLUE .tsv starts with its official header line (CoLA train/dev
+have none), checked against the task's `Columns`. A reader yields `Example`s: the texts fed to
+the model, the label normalised to a class-label string (bool -> "true"/"false", int -> "0"/"1",
+as the release did), the label as written in the file, and the ids a leaderboard file needs.
+`featurize` turns them into `<s> A </s> [B </s>]` ids with the release's equal truncation.
+Deviations from the release (each a release bug) are marked FIX.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import warnings
@@ -29,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from bort_core.data.shards import object_array
+from bort_core.data.textfiles import JsonRow, jsonl_rows, read_lines
 
 GLUE_URL = "https://gluebenchmark.com/tasks"
 SUPERGLUE_URL = "https://super.gluebenchmark.com/tasks"
@@ -47,6 +51,22 @@ class Example:
 
 
 @dataclasses.dataclass(frozen=True)
+class Columns:
+    """A GLUE .tsv layout: the official column names (its header line, unless `header` is
+    False), the text columns, the label column and the row id column read from it."""
+    names: Tuple[str, ...]
+    texts: Tuple[str, ...]
+    label: Optional[str] = None
+    idx: Optional[str] = None
+    header: bool = True
+
+    def positions(self) -> Dict[str, int]:
+        """Column index of every column read."""
+        read = self.texts + tuple(c for c in (self.label, self.idx) if c is not None)
+        return {name: self.names.index(name) for name in read}
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     name: str                                   # CLI name, e.g. "mnli"
     benchmark: str                              # GLUE, SuperGLUE, RACE or demo
@@ -58,7 +78,7 @@ class Task:
     read: Callable[["Task", str, str], "SplitData"]
     submission: str                             # leaderboard file stem, e.g. "MNLI-m"
     url: str
-    columns: Dict[str, Tuple] = dataclasses.field(default_factory=dict)  # TSV layouts
+    columns: Dict[str, Columns] = dataclasses.field(default_factory=dict)  # TSV layouts
     aliases: Tuple[str, ...] = ()
     train_task: Optional[str] = None            # diagnostics: the task whose model predicts
                                                 # them (class_labels in that task's order)
@@ -87,33 +107,42 @@ class SplitData:
 
 # ------------------------------------------------------------------------------------ GLUE (TSV)
 
-def _tsv_rows(path: str, header: bool):
-    """(line number, fields) of a GLUE .tsv: tab-split, no quoting, blank lines skipped."""
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if (header and lineno == 1) or not line.strip():
-                continue
-            yield lineno, line.split("\t")
+def _check_header(path: str, fields: List[str], layout: Columns, where: str) -> None:
+    """The first line must name the columns read at their official positions."""
+    for name, col in layout.positions().items():
+        found = fields[col].strip() if col < len(fields) else None
+        if found != name:
+            raise ValueError("%s:1: missing or wrong header: %s files start with the line %r; "
+                             "column %d here is %s, not %r"
+                             % (path, where, "\t".join(layout.names), col + 1,
+                                "missing" if found is None else repr(found[:40]), name))
 
 
 def read_tsv(task: Task, split: str, path: str) -> SplitData:
-    """Rows of a GLUE-layout .tsv; columns per split from `task.columns`."""
-    header, text_cols, label_col, idx_col = task.columns[split]
+    """Rows of a GLUE-layout .tsv (tab-split, no quoting, blank lines skipped); columns per split
+    from `task.columns`, the header line checked against them."""
+    layout = task.columns[split]
+    col = layout.positions()
     examples, skipped = [], 0
-    needed = max(text_cols + tuple(c for c in (label_col, idx_col) if c is not None)) + 1
-    for lineno, fields in _tsv_rows(path, header):
+    needed = max(col.values()) + 1
+    for lineno, line in read_lines(path):
+        fields = line.rstrip("\r\n").split("\t")
+        if lineno == 1 and layout.header:
+            _check_header(path, fields, layout, "%s %s" % (task.name, split))
+            continue
+        if not line.strip():
+            continue
         if len(fields) < needed:
             if task.name == "qqp":          # QQP ships rows with missing fields: skip, count
                 skipped += 1
                 continue
             raise ValueError("%s:%d: expected at least %d tab-separated fields, got %d"
                              % (path, lineno, needed, len(fields)))
-        raw = fields[label_col].strip() if label_col is not None else None
+        raw = fields[col[layout.label]].strip() if layout.label else None
         examples.append(Example(
-            texts=tuple(fields[c] for c in text_cols), raw_label=raw,
+            texts=tuple(fields[col[c]] for c in layout.texts), raw_label=raw,
             label=_check_label(task, raw, path, lineno) if raw is not None else None,
-            idx=fields[idx_col].strip() if idx_col is not None else len(examples)))
+            idx=fields[col[layout.idx]].strip() if layout.idx else len(examples)))
     if skipped:
         warnings.warn("%s: skipped %d rows with missing fields" % (path, skipped), stacklevel=2)
     return SplitData(examples, path, skipped)
@@ -122,9 +151,11 @@ def read_tsv(task: Task, split: str, path: str) -> SplitData:
 def _check_label(task: Task, label: str, path: str, lineno: int) -> str:
     if task.class_labels is None:
         try:
-            float(label)
+            score = float(label)
         except ValueError:
             raise ValueError("%s:%d: score %r is not a number" % (path, lineno, label)) from None
+        if not math.isfinite(score):
+            raise ValueError("%s:%d: score %r is not a finite number" % (path, lineno, label))
     elif label not in task.class_labels:
         raise ValueError("%s:%d: label %r is not one of %s"
                          % (path, lineno, label, ", ".join(task.class_labels)))
@@ -132,34 +163,6 @@ def _check_label(task: Task, label: str, path: str, lineno: int) -> str:
 
 
 # ------------------------------------------------------------------------------ SuperGLUE (JSONL)
-
-class _Row(dict):
-    """A parsed JSON line that knows where it came from, for error messages."""
-
-    def __init__(self, data: dict, path: str, lineno: int):
-        super().__init__(data)
-        self.where = "%s:%d" % (path, lineno)
-
-    def need(self, key: str):
-        if key not in self:
-            raise ValueError("%s: missing field %r" % (self.where, key))
-        return self[key]
-
-
-def _jsonl(path: str):
-    """`_Row`s of a .jsonl file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except ValueError as err:
-                raise ValueError("%s:%d: not a JSON object: %s" % (path, lineno, err)) from None
-            if not isinstance(data, dict):
-                raise ValueError("%s:%d: not a JSON object" % (path, lineno))
-            yield _Row(data, path, lineno)
-
 
 def _norm_label(value) -> str:
     """The release's label normalisation: bool -> "true"/"false", int -> "0"/"1"."""
@@ -199,7 +202,7 @@ def read_jsonl(task: Task, split: str, path: str) -> SplitData:
     """One SuperGLUE .jsonl split, unrolled into pair examples as the release did (FIX D1: the
     release crashed loading every SuperGLUE task)."""
     examples: List[Example] = []
-    for row in _jsonl(path):
+    for row in jsonl_rows(path):
         try:
             examples.extend(_jsonl_examples(task, split, row, len(examples)))
         except (KeyError, TypeError, AttributeError) as err:
@@ -212,7 +215,7 @@ _JSONL_FIELDS = {"boolq": ("passage", "question"), "wic": ("sentence1", "sentenc
                  "ax-g": ("premise", "hypothesis")}
 
 
-def _jsonl_examples(task: Task, split: str, row: "_Row", count: int) -> List[Example]:
+def _jsonl_examples(task: Task, split: str, row: JsonRow, count: int) -> List[Example]:
     get = row.need
     raw = row.get("label")
     if task.name == "multirc":
@@ -286,7 +289,7 @@ def read_race(task: Task, split: str, path: str) -> SplitData:
     examples = []
     for name in sorted(n for n in os.listdir(path) if n.endswith(".txt")):
         file_path = os.path.join(path, name)
-        for row in _jsonl(file_path):
+        for row in jsonl_rows(file_path):
             get = row.need
             answers = row.get("answers")
             for q, (question, options) in enumerate(zip(get("questions"), get("options"))):
@@ -303,19 +306,18 @@ def read_race(task: Task, split: str, path: str) -> SplitData:
 
 # ------------------------------------------------------------------------------------ registry
 
-def _glue(name, subdir, labels, metrics, cols, submission, splits=("train", "dev", "test"),
-          **kw):
-    files = {s: s + ".tsv" for s in splits}
-    return Task(name, "GLUE", subdir, files, labels, len(cols["train"][1]) == 2, metrics,
+def _glue(name, subdir, labels, metrics, cols, submission, **kw):
+    files = {s: s + ".tsv" for s in cols}
+    return Task(name, "GLUE", subdir, files, labels, len(cols["train"].texts) == 2, metrics,
                 read_tsv, submission, GLUE_URL, cols, **kw)
 
 
-def _cols(texts, label, test_texts=None, header=True, test_idx=0, test_header=True):
-    """TSV layout: (has header, text columns, label column, index column) per split."""
-    labelled = (header, texts, label, None)
-    return {"train": labelled, "dev": labelled, "dev_matched": labelled,
-            "dev_mismatched": labelled,
-            "test": (test_header, test_texts or texts, None, test_idx)}
+def _cols(names, texts, label, test=None, idx="index", header=True):
+    """Layouts of train and dev (header `names`, reading `texts` and `label`) and test (header
+    `test`, default `names` without the label, reading `texts` and the row id `idx`)."""
+    labelled = Columns(names, texts, label, header=header)
+    test = Columns(test or tuple(n for n in names if n != label), texts, idx=idx)
+    return {"train": labelled, "dev": labelled, "test": test}
 
 
 def _sg(name, subdir, labels, metrics, submission, splits=("train", "val", "test"), **kw):
@@ -324,30 +326,50 @@ def _sg(name, subdir, labels, metrics, submission, splits=("train", "val", "test
                 submission, SUPERGLUE_URL, **kw)
 
 
+def _demo(name, is_pair, labels, metrics, cols):
+    return Task(name, "demo", name, {s: s + ".tsv" for s in cols}, labels, is_pair, metrics,
+                read_tsv, name, DEMO_URL, cols)
+
+
 _BINARY, _NLI2 = ("0", "1"), ("not_entailment", "entailment")
 _NLI3 = ("neutral", "entailment", "contradiction")     # the release's MNLI/CB order
 _BOOL = ("false", "true")
 
-_MNLI_COLS = {"train": (True, (8, 9), 11, None), "dev_matched": (True, (8, 9), 15, None),
-              "dev_mismatched": (True, (8, 9), 15, None),
-              "test_matched": (True, (8, 9), None, 0), "test_mismatched": (True, (8, 9), None, 0)}
+# the official header lines (column names) of the GLUE files
+_PAIR, _PAIR_TEXTS = ("index", "sentence1", "sentence2", "label"), ("sentence1", "sentence2")
+_SINGLE_TEST = ("index", "sentence")
+_STSB = ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1",
+         "sentence2", "score")
+_MRPC = ("#1 ID", "#2 ID", "#1 String", "#2 String")
+_QQP = ("id", "qid1", "qid2", "question1", "question2", "is_duplicate")
+_MNLI = ("index", "promptID", "pairID", "genre", "sentence1_binary_parse",
+         "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1", "sentence2")
+_MNLI_DEV = Columns(_MNLI + ("label1", "label2", "label3", "label4", "label5", "gold_label"),
+                    _PAIR_TEXTS, "gold_label")
+_MNLI_COLS = {"train": Columns(_MNLI + ("label1", "gold_label"), _PAIR_TEXTS, "gold_label"),
+              "dev_matched": _MNLI_DEV, "dev_mismatched": _MNLI_DEV,
+              "test_matched": Columns(_MNLI, _PAIR_TEXTS, idx="index"),
+              "test_mismatched": Columns(_MNLI, _PAIR_TEXTS, idx="index")}
 
 TASKS: Dict[str, Task] = {t.name: t for t in (
-    _glue("cola", "CoLA", _BINARY, ("mcc",), _cols((3,), 1, (1,), header=False), "CoLA"),
-    _glue("sst-2", "SST-2", _BINARY, ("accuracy",), _cols((0,), 1, (1,)), "SST-2",
-          aliases=("sst",)),
-    _glue("mrpc", "MRPC", _BINARY, ("f1", "accuracy"), _cols((3, 4), 0), "MRPC"),
-    _glue("sts-b", "STS-B", None, ("pearson", "spearman"), _cols((7, 8), 9), "STS-B",
-          aliases=("stsb",)),
-    _glue("qqp", "QQP", _BINARY, ("f1", "accuracy"), _cols((3, 4), 5, (1, 2)), "QQP"),
-    Task("mnli", "GLUE", "MNLI", {s: s + ".tsv" for s in _MNLI_COLS}, _NLI3, True,
-         ("accuracy",), read_tsv, "MNLI", GLUE_URL, _MNLI_COLS),
-    _glue("qnli", "QNLI", _NLI2, ("accuracy",), _cols((1, 2), 3), "QNLI"),
-    _glue("rte", "RTE", _NLI2, ("accuracy",), _cols((1, 2), 3), "RTE"),
-    _glue("wnli", "WNLI", _BINARY, ("accuracy",), _cols((1, 2), 3), "WNLI"),
+    _glue("cola", "CoLA", _BINARY, ("mcc",), _cols(("source", "label", "original_label",
+          "sentence"), ("sentence",), "label", _SINGLE_TEST, header=False), "CoLA"),
+    _glue("sst-2", "SST-2", _BINARY, ("accuracy",), _cols(("sentence", "label"), ("sentence",),
+          "label", _SINGLE_TEST), "SST-2", aliases=("sst",)),
+    _glue("mrpc", "MRPC", _BINARY, ("f1", "accuracy"), _cols(("Quality",) + _MRPC, (
+          "#1 String", "#2 String"), "Quality", ("index",) + _MRPC), "MRPC"),
+    _glue("sts-b", "STS-B", None, ("pearson", "spearman"), _cols(_STSB, _PAIR_TEXTS, "score"),
+          "STS-B", aliases=("stsb",)),
+    _glue("qqp", "QQP", _BINARY, ("f1", "accuracy"), _cols(_QQP, ("question1", "question2"),
+          "is_duplicate", ("id", "question1", "question2"), idx="id"), "QQP"),
+    _glue("mnli", "MNLI", _NLI3, ("accuracy",), _MNLI_COLS, "MNLI"),
+    _glue("qnli", "QNLI", _NLI2, ("accuracy",), _cols(("index", "question", "sentence",
+          "label"), ("question", "sentence"), "label"), "QNLI"),
+    _glue("rte", "RTE", _NLI2, ("accuracy",), _cols(_PAIR, _PAIR_TEXTS, "label"), "RTE"),
+    _glue("wnli", "WNLI", _BINARY, ("accuracy",), _cols(_PAIR, _PAIR_TEXTS, "label"), "WNLI"),
     Task("ax", "GLUE", "diagnostic", {"test": "diagnostic.tsv"}, _NLI3, True, ("mcc",), read_tsv,
-         "AX", GLUE_URL,
-         {"test": (True, (1, 2), None, 0)}, train_task="mnli"),
+         "AX", GLUE_URL, {"test": Columns(_PAIR[:3], _PAIR_TEXTS, idx="index")},
+         train_task="mnli"),
     _sg("boolq", "BoolQ", _BOOL, ("accuracy",), "BoolQ"),
     _sg("cb", "CB", _NLI3, ("accuracy", "macro_f1"), "CB"),
     _sg("copa", "COPA", _BINARY, ("accuracy",), "COPA"),
@@ -366,14 +388,11 @@ TASKS: Dict[str, Task] = {t.name: t for t in (
          ("0", "1", "2", "3"), True, ("accuracy",), read_race, "RACE-H", RACE_URL),
     Task("race-m", "RACE", "RACE", {s: os.path.join(s, "middle") for s in ("train", "dev",
          "test")}, ("0", "1", "2", "3"), True, ("accuracy",), read_race, "RACE-M", RACE_URL),
-    Task("demo-pair", "demo", "demo-pair", {s: s + ".tsv" for s in ("train", "dev", "test")},
-         _BINARY, True, ("accuracy", "f1"), read_tsv, "demo-pair", DEMO_URL,
-         _cols((1, 2), 3)),
-    Task("demo-single", "demo", "demo-single", {s: s + ".tsv" for s in ("train", "dev", "test")},
-         _BINARY, False, ("accuracy",), read_tsv, "demo-single", DEMO_URL, _cols((0,), 1, (1,))),
-    Task("demo-regression", "demo", "demo-regression",
-         {s: s + ".tsv" for s in ("train", "dev", "test")}, None, True, ("pearson", "spearman"),
-         read_tsv, "demo-regression", DEMO_URL, _cols((7, 8), 9)),
+    _demo("demo-pair", True, _BINARY, ("accuracy", "f1"), _cols(_PAIR, _PAIR_TEXTS, "label")),
+    _demo("demo-single", False, _BINARY, ("accuracy",), _cols(("sentence", "label"),
+          ("sentence",), "label", _SINGLE_TEST)),
+    _demo("demo-regression", True, None, ("pearson", "spearman"), _cols(_STSB, _PAIR_TEXTS,
+          "score")),
 )}
 
 

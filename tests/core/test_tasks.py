@@ -235,6 +235,71 @@ def test_malformed_rows_name_file_and_line(tmp_path):
         T.read_split(T.get_task("boolq"), "train", str(tmp_path))
 
 
+TSV_SPLITS = [(name, split) for name, task in sorted(T.TASKS.items()) if task.read is T.read_tsv
+              for split in task.splits]
+
+
+def _lines_of(task, split):
+    path = task.path(FIXTURES if task.benchmark != "demo" else T.default_data_dir(task), split)
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("name,split", TSV_SPLITS)
+def test_every_tsv_header_is_checked_against_the_layout(tmp_path, name, split):
+    """Without its header a file would lose its first row: refused, naming the file and the
+    expected header; CoLA train/dev, headerless as released, read every line."""
+    task = T.get_task(name)
+    lines, layout = _lines_of(task, split), task.columns[split]
+    path = tmp_path / task.subdir / task.files[split]
+    path.parent.mkdir(parents=True)
+    if not layout.header:
+        path.write_text("".join(lines), encoding="utf-8")
+        assert len(T.read_split(task, split, str(tmp_path)).examples) == len(lines)
+        return
+    assert lines[0].rstrip("\r\n").split("\t") == list(layout.names)    # the fixture's header
+    path.write_text("".join(lines[1:]), encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        T.read_split(task, split, str(tmp_path))
+    assert str(err.value).startswith("%s:1: missing or wrong header: %s %s files start with the "
+                                     "line %r" % (path, name, split, "\t".join(layout.names)))
+
+
+def test_a_header_naming_other_columns_is_refused_and_a_byte_order_mark_is_not(tmp_path):
+    d = _copy_task(tmp_path, "MRPC")
+    text = (d / "train.tsv").read_text(encoding="utf-8")
+    (d / "train.tsv").write_text("\ufeff" + text, encoding="utf-8")      # as GLUE ships MRPC
+    assert len(T.read_split(T.get_task("mrpc"), "train", str(tmp_path)).examples) == 2
+    (d / "train.tsv").write_text(text.replace("#1 String\t#2 String", "#2 String\t#1 String"),
+                                 encoding="utf-8")
+    with pytest.raises(ValueError, match=r"MRPC/train.tsv:1: missing or wrong header: .* column 4 "
+                       r"here is '#2 String', not '#1 String'"):
+        T.read_split(T.get_task("mrpc"), "train", str(tmp_path))
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    d = _copy_task(tmp_path, "RTE")
+    with open(str(d / "train.tsv"), "ab") as f:
+        f.write("9\tCaf\u00e9 au lait.\tA drink.\tentailment\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"RTE/train.tsv:4: not UTF-8 text \(byte 0xe9 at column "
+                       r"6\)"):
+        T.read_split(T.get_task("rte"), "train", str(tmp_path))
+    with open(str(d / "train.jsonl"), "ab") as f:
+        f.write(b'{"premise": "Caf\xe9", "hypothesis": "h", "label": "entailment", "idx": 9}\n')
+    with pytest.raises(ValueError, match=r"RTE/train.jsonl:3: not UTF-8 text"):
+        T.read_split(T.get_task("superglue-rte"), "train", str(tmp_path))
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-Infinity"])
+def test_a_non_finite_score_names_the_file_and_line(tmp_path, score):
+    d = _copy_task(tmp_path, "STS-B")
+    with open(str(d / "train.tsv"), "a", encoding="utf-8") as f:
+        f.write("9\tmain-captions\tMSRvid\t2012test\t9\tnone\tnone\tA cat.\tA dog.\t%s\n" % score)
+    with pytest.raises(ValueError, match=r"STS-B/train.tsv:5: score '%s' is not a finite number"
+                       % score):
+        T.read_split(T.get_task("sts-b"), "train", str(tmp_path))
+
+
 def test_load_features_in_one_call(tok):
     examples, feats = T.load_features("demo-pair", "dev", tokenizer=tok, max_len=32)
     assert len(examples) == len(feats["input_ids"]) == 400
