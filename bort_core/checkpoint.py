@@ -32,6 +32,7 @@ from collections import OrderedDict
 import numpy as np
 
 from bort_core import arch
+from bort_core import io as bio
 from bort_core.configs import BortConfig, get_config, list_configs
 
 LIST_MAGIC = 0x112
@@ -240,8 +241,8 @@ def _write_entries(f, entries):
 
 
 def save_ndarrays(path, arrays):
-    """Write a dict name -> array (or a list) as an MXNet NDArray file, atomically: a temp
-    file in the same directory, fsync, then os.replace. The dict's order is kept."""
+    """Write a dict name -> array (or a list) as an MXNet NDArray file, atomically
+    (`bort_core.io.atomic_path`). The dict's order is kept."""
     path = os.fspath(path)
     if isinstance(arrays, dict):
         names = [str(k) for k in arrays]
@@ -256,39 +257,13 @@ def save_ndarrays(path, arrays):
         entries.append((header, np.ascontiguousarray(array, dtype=dtype)))
     encoded = [n.encode("utf-8") for n in names]
 
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, ".%s.%s.tmp" % (os.path.basename(path), os.urandom(4).hex()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<QQQ", LIST_MAGIC, 0, len(entries)))
-            _write_entries(f, entries)
-            f.write(struct.pack("<Q", len(encoded)))
-            for raw in encoded:
-                f.write(struct.pack("<Q", len(raw)))
-                f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fsync_dir(directory)
-
-
-def fsync_dir(directory):
-    """Make a rename in `directory` durable (best effort: some filesystems refuse it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with bio.atomic_open(path, "wb") as f:
+        f.write(struct.pack("<QQQ", LIST_MAGIC, 0, len(entries)))
+        _write_entries(f, entries)
+        f.write(struct.pack("<Q", len(encoded)))
+        for raw in encoded:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
 
 
 def save_params(path, params, store_tied_decoder=False):

@@ -3,12 +3,19 @@
 Each command lives in its own module exposing `register(subparsers)`; the module is imported
 here by name, and a command that needs a framework picks `bort_<framework>` at run time through
 `load_framework`, so `bort --help` works with neither framework installed.
+
+A command declares the folders it writes with `set_defaults(writes=lambda args: [DIR, ...])`:
+`main` first removes the temp files an interrupted run left there (`bort_core.io`). Every
+failure a user can cause (bad input, a missing optional package, an unwritable or full output)
+ends as one line, `bort <command>: error: <file>: <reason>`, and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from bort_core import io as bio
 
 # command name -> module that registers it (kept in the order `bort --help` lists them)
 COMMANDS = {
@@ -27,6 +34,20 @@ COMMANDS = {
 FRAMEWORKS = ("gluon", "torch")
 
 
+class MissingDependency(ImportError):
+    """An optional package a command needs is not installed (the message says how to install)."""
+
+
+def require(module: str, extra: str, what: str):
+    """Import `module`, or a MissingDependency saying that `what` needs it and which extra
+    installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependency("%s needs %s (%s); install it with: pip install -e '.[%s]'"
+                                % (what, module, err, extra)) from None
+
+
 def load_framework(name: str, module: str = ""):
     """Import `bort_<name>[.module]`, with an install hint when the framework is missing."""
     if name not in FRAMEWORKS:
@@ -35,10 +56,9 @@ def load_framework(name: str, module: str = ""):
     try:
         return importlib.import_module(target)
     except ImportError as err:
-        extra = {"gluon": "gluon", "torch": "torch"}[name]
-        raise SystemExit("--framework %s needs %s (%s); install it with: pip install -e '.[%s]'"
-                         % (name, "MXNet + GluonNLP" if name == "gluon" else "PyTorch", err,
-                            extra)) from err
+        raise MissingDependency("--framework %s needs %s (%s); install it with: pip install -e "
+                                "'.[%s]'" % (name, "MXNet + GluonNLP" if name == "gluon"
+                                             else "PyTorch", err, name)) from err
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,15 +74,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(err: BaseException) -> str:
+    """One line for a failure: an OSError names its file(s) and the system's reason; the
+    lines of a multi-line message (a list of problems) are joined with "; "."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        files = [str(f) for f in (err.filename, err.filename2) if f is not None]
+        text = "%s: %s" % (" -> ".join(files), err.strerror)
+    elif isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    else:
+        text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines).replace(":; ", ": ")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for directory in getattr(args, "writes", lambda a: [])(args):
+            for path in bio.remove_orphans(directory):
+                print("bort %s: removed %s, left by an interrupted run" % (args.command, path),
+                      file=sys.stderr)
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print("bort %s: error: %s" % (args.command, message), file=sys.stderr)
+    except (ValueError, OSError, KeyError, MissingDependency) as err:
+        print("bort %s: error: %s" % (args.command, _message(err)), file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m bort_core.cli`: run the importable module's main, so that the exceptions the
+    # commands raise (MissingDependency) are the classes it catches
+    from bort_core.cli import main as bort_main
+
+    sys.exit(bort_main())

@@ -16,6 +16,8 @@ import os
 import re
 from typing import Dict, Optional
 
+from bort_core.io import write_text
+
 ROBERTA_VOCAB_SIZE = 50265   # fairseq/GluonNLP `openwebtext_ccnews_stories_books_cased`
 BERT_VOCAB_SIZE = 30522      # Google BERT uncased WordPiece
 DEMO_VOCAB_SIZE = 4096       # the byte-level BPE vocabulary trained on the embedded corpus
@@ -98,11 +100,7 @@ class BortConfig:
         return cls(**data)
 
     def to_json(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_json(cls, path: str) -> "BortConfig":

@@ -11,6 +11,7 @@ The PyTorch state-dict names are the canonical ones except LayerNorm leaves: the
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -20,6 +21,8 @@ from collections import OrderedDict
 import numpy as np
 
 from bort_core import checkpoint as ckpt
+from bort_core import io as bio
+from bort_core.cli import require
 from bort_core.configs import BortConfig, get_config
 
 # The one table between bort_torch's state-dict names and the canonical (GluonNLP) names:
@@ -84,10 +87,28 @@ def read_checkpoint(path: str, config=None):
     if fmt == "safetensors":
         state, metadata = read_safetensors(path)
         if config is None and "bort_config" in metadata:
-            config = BortConfig.from_dict(json.loads(metadata["bort_config"]), source=path)
+            config = embedded_config(metadata["bort_config"], "%s: metadata bort_config" % path)
     else:
         state = _read_torch_state(path)
     return ckpt.resolve_checkpoint(from_torch_state(state), path, config)
+
+
+def embedded_config(data, source: str) -> BortConfig:
+    """The BortConfig a checkpoint carries (a JSON text or an already parsed object); a
+    ValueError naming `source` (file and field) when it is not a valid config."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError as err:
+            raise ValueError("%s is not valid JSON (%s)" % (source, err)) from None
+    if not isinstance(data, dict):
+        raise ValueError("%s must be a JSON object of config fields, found %s"
+                         % (source, type(data).__name__))
+    try:
+        return BortConfig.from_dict(data, source=source)
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        raise ValueError(text if text.startswith(source) else "%s: %s" % (source, text)) from None
 
 
 def _unreadable(path, what, err):
@@ -98,6 +119,7 @@ def _unreadable(path, what, err):
 
 def read_safetensors(path: str):
     """(tensors, metadata) of a safetensors file; a ValueError naming it if it is unreadable."""
+    require("safetensors", "torch", "reading %s" % path)
     from safetensors import SafetensorError, safe_open
     from safetensors.numpy import load_file
 
@@ -110,7 +132,7 @@ def read_safetensors(path: str):
 
 
 def _read_torch_state(path):
-    import torch
+    torch = require("torch", "torch", "reading %s" % path)
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -127,7 +149,9 @@ def _read_torch_state(path):
 
 
 def write_checkpoint(path: str, config, params) -> None:
-    """Write canonical params in the format `path` names, atomically."""
+    """Write canonical params in the format `path` names, atomically (`bort_core.io`). The
+    .pt and .safetensors bytes are built in memory and written by us, so a full disk is an
+    OSError naming `path` (torch.save reports it as a bare RuntimeError)."""
     fmt = detect_format(path)
     if fmt == "params":
         ckpt.save_params(path, params, store_tied_decoder=True)
@@ -136,12 +160,12 @@ def write_checkpoint(path: str, config, params) -> None:
 
         hf.save_hf(path, config, params)
     elif fmt == "safetensors":
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         state = OrderedDict((k, np.ascontiguousarray(v)) for k, v in to_torch_state(params).items()
                             if not k.endswith(ckpt.TIED_DECODER))   # safetensors stores no aliases
         metadata = {"format": "pt", "bort_config": json.dumps(config.to_dict())}
-        _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+        bio.write_bytes(path, save(state, metadata=metadata))
     else:
         import torch
 
@@ -149,26 +173,40 @@ def write_checkpoint(path: str, config, params) -> None:
         state = OrderedDict((torch_name(k), t) for k, t in tensors.items())
         if ckpt.DECODER_BIAS in params:   # the tied weight is one tensor under two names
             state[torch_name(ckpt.TIED_DECODER)] = tensors[ckpt.WORD_EMBED]
-        _atomic(path, lambda tmp: torch.save(state, tmp))
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        bio.write_bytes(path, buf.getvalue())
 
 
-def readable_by_all(path: str) -> None:
-    """Give a file or folder made through a temp path the modes a plain write would (temp
-    files are private), honouring the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+# what each format needs beyond numpy: (module, extra)
+_NEEDS = {"pt": ("torch", "torch"), "safetensors": ("safetensors", "torch"),
+          "hf": ("safetensors", "hf")}
 
 
-def _atomic(path, write):
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        write(tmp)
-        readable_by_all(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def one_dtype(params, source: str, dtype=None):
+    """`params` with every tensor of one floating dtype: `dtype` (a cast, refused where it
+    overflows), or the file's own when it has only one (mixed dtypes are refused, naming the
+    tensors that differ, since a mixed checkpoint loads differently in each framework)."""
+    if dtype is None:
+        kinds = OrderedDict()
+        for name, value in params.items():
+            kinds.setdefault(np.dtype(value.dtype).name, []).append(name)
+        if len(kinds) > 1:
+            common = max(kinds, key=lambda k: len(kinds[k]))
+            odd = ["%s (%s)" % (n, k) for k, names in kinds.items() if k != common for n in names]
+            raise ValueError("%s: mixed dtypes: %s while the other %d tensors are %s; pass "
+                             "--dtype to convert every tensor to one dtype"
+                             % (source, ", ".join(odd[:5] + (["..."] if len(odd) > 5 else [])),
+                                len(kinds[common]), common))
+        return params
+    out = OrderedDict()
+    for name, value in params.items():
+        cast = value.astype(dtype, copy=False)
+        if not np.isfinite(cast).all() and np.isfinite(value).all():
+            raise ValueError("%s: parameter %s does not fit in %s (max |value| %g)"
+                             % (source, name, dtype, float(np.abs(value).max())))
+        out[name] = cast
+    return out
 
 
 def register(sub):
@@ -180,15 +218,23 @@ def register(sub):
     p.add_argument("dst", help="where to write; the format follows the extension")
     p.add_argument("--config", help="config name or JSON (needed when SRC cannot tell the "
                    "number of heads; the vocabulary size always comes from SRC)")
+    p.add_argument("--dtype", choices=("float32", "float16", "float64"),
+                   help="cast every tensor to this dtype (default: keep SRC's, which must be "
+                   "one dtype throughout)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, writes=lambda args: [os.path.dirname(os.path.abspath(args.dst))])
 
 
 def run(args):
-    detect_format(args.dst)
+    fmts = (detect_format(args.src), detect_format(args.dst))
+    for fmt, verb, path in zip(fmts, ("reading", "writing"), (args.src, args.dst)):
+        if fmt in _NEEDS:
+            require(_NEEDS[fmt][0], _NEEDS[fmt][1], "%s %s" % (verb, path))
     if os.path.exists(args.dst) and not args.overwrite:
         raise ValueError("%s exists; pass --overwrite to replace it" % args.dst)
+    bio.check_writable(args.dst, directory=fmts[1] == "hf")
     config, params = read_checkpoint(args.src, args.config)
+    params = one_dtype(params, args.src, args.dtype)
     write_checkpoint(args.dst, config, params)
     print("%s -> %s: %s, %d tensors" % (args.src, args.dst, config.name, len(params)))
     return 0

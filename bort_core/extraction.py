@@ -39,6 +39,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from bort_core import arch, pretrain
+from bort_core import io as bio
 from bort_core.checkpoint import save_params
 from bort_core.configs import DEMO_VOCAB_SIZE, BortConfig
 from bort_core.data import shards
@@ -360,7 +361,7 @@ class TrialLog:
     every finished one, and a half-written last line is ignored on resume."""
 
     def __init__(self, out_dir: str, settings: Settings, resume: bool):
-        os.makedirs(out_dir, exist_ok=True)
+        bio.ensure_dir(out_dir)
         self.path = os.path.join(out_dir, TRIALS_FILE)
         run_path = os.path.join(out_dir, RUN_FILE)
         wanted = json.loads(json.dumps(dataclasses.asdict(settings)))
@@ -376,7 +377,7 @@ class TrialLog:
                                  "same flags or a fresh --out" % (out_dir, ", ".join(diff)))
             self.records = self._read()
         else:
-            _write_text(run_path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
+            bio.write_text(run_path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
 
     def _read(self) -> List[Dict]:
         if not os.path.exists(self.path):
@@ -388,8 +389,8 @@ class TrialLog:
                     out.append(json.loads(line))
                 except json.JSONDecodeError:
                     break   # the line a crash cut short; everything before it is intact
-        with open(self.path, "w") as f:   # drop a torn tail so later appends stay parseable
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in out)
+        # drop a torn tail so later appends stay parseable
+        bio.write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in out))
         return out
 
     def find(self, kind: str, name: str, theta: int = 0) -> Optional[Dict]:
@@ -522,13 +523,6 @@ CSV_FIELDS = ("position", "name", "num_layers", "num_heads", "units", "hidden_si
               "e", "W", "best_theta", "pareto")
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def candidate_table(plan: Plan) -> List[Dict]:
     """Every member of the space with its analytic surrogates (the --dry-run table)."""
     keys = ("name",) + AXES + ("p", "i", "rank", "scheduled")
@@ -536,9 +530,9 @@ def candidate_table(plan: Plan) -> List[Dict]:
 
 
 def write_candidates(plan: Plan, out_dir: str) -> str:
-    os.makedirs(out_dir, exist_ok=True)
+    bio.ensure_dir(out_dir)
     path = os.path.join(out_dir, "candidates.json")
-    _write_text(path, json.dumps(candidate_table(plan), indent=1) + "\n")
+    bio.write_text(path, json.dumps(candidate_table(plan), indent=1) + "\n")
     return path
 
 
@@ -549,13 +543,13 @@ def write_results(result: Result, settings: Settings, out_dir: str) -> Dict[str,
     writer.writeheader()
     writer.writerows(result.ranking)
     paths = {k: os.path.join(out_dir, k) for k in ("ranking.csv", "ranking.json", "best_config.json")}
-    _write_text(paths["ranking.csv"], buf.getvalue())
+    bio.write_text(paths["ranking.csv"], buf.getvalue())
     maximum = {k: result.plan.maximum[k] for k in ("name",) + AXES + ("p",)}
     maximum["i"] = result.i_max
     report = {"settings": dataclasses.asdict(settings), "maximum_point": maximum,
               "members": len(result.plan.members), "trainings": result.plan.trainings,
               "best": result.best["name"], "pareto": [r["name"] for r in result.pareto],
               "ranking": result.ranking}
-    _write_text(paths["ranking.json"], json.dumps(report, indent=1) + "\n")
+    bio.write_text(paths["ranking.json"], json.dumps(report, indent=1) + "\n")
     result.best_config().to_json(paths["best_config.json"])
     return paths

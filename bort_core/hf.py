@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections import OrderedDict
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from bort_core import arch
 from bort_core import checkpoint as ckpt
+from bort_core import io as bio
 from bort_core.configs import BortConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -55,6 +55,11 @@ _BUFFERS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
 _TIED = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
          "cls.predictions.decoder.bias": "cls.predictions.bias"}
 _UNUSED_HEADS = ("bert.pooler.", "cls.seq_relationship.")
+# config.json fields that `hf_config` derives from the BortConfig (checked on reading)
+_DERIVED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "hidden_act", "hidden_dropout_prob",
+            "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+            "layer_norm_eps", "position_embedding_type")
 
 
 def hf_name(name: str) -> str:
@@ -102,43 +107,27 @@ def hf_config(config: BortConfig) -> dict:
 
 def save_hf(directory: str, config: BortConfig, params) -> None:
     """Write `config.json` + `model.safetensors` as one atomic, durable step: both go to a
-    fresh sibling folder that then takes `directory`'s place (see `_swap_in`), so a reader
-    never sees new weights with an old config."""
-    from safetensors.numpy import save_file
-
-    from bort_core.convert import readable_by_all
+    fresh temp folder (`bort_core.io.atomic_path`) that then takes `directory`'s place (see
+    `_swap_in` for an existing one), so a reader never sees new weights with an old config."""
+    from safetensors.numpy import save
 
     tensors = OrderedDict((hf_name(n), np.ascontiguousarray(v)) for n, v in params.items())
     if not config.token_type_vocab_size:
         tensors[_TOKEN_TYPE] = np.zeros((1, config.units), dtype=params["word_embed.0.weight"].dtype)
-    directory = os.path.realpath(directory)   # through a symlink: replace its target
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tmp-hf-", dir=parent)
-    try:
-        save_file(tensors, os.path.join(staging, WEIGHTS_NAME), metadata={"format": "pt"})
+    bio.ensure_dir(os.path.dirname(os.path.realpath(directory)))
+    install = _swap_in if os.path.isdir(directory) else os.rename
+    with bio.atomic_path(directory, directory=True, install=install) as staging:
+        with open(os.path.join(staging, WEIGHTS_NAME), "wb") as f:
+            f.write(save(tensors, metadata={"format": "pt"}))
         with open(os.path.join(staging, CONFIG_NAME), "w") as f:
             json.dump(hf_config(config), f, indent=2)
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            with open(os.path.join(staging, name), "rb") as f:
-                os.fsync(f.fileno())
-        readable_by_all(os.path.join(staging, WEIGHTS_NAME))
-        ckpt.fsync_dir(staging)
-        if os.path.isdir(directory):
-            shutil.copymode(directory, staging)
-            _swap_in(staging, directory)
-        else:
-            readable_by_all(staging)
-            os.rename(staging, directory)
-        ckpt.fsync_dir(parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _swap_in(staging, directory):
     """Put the folder `staging` in the place of its sibling `directory`, moving across every
     entry of `directory` but the HF pair (tokenizer files, say). Meanwhile `directory` is
-    briefly absent, never a mixed pair; on a failure everything goes back where it was."""
+    briefly absent, never a mixed pair; on a failure everything goes back where it was (a kill
+    in between leaves it at `<staging>.old`, which `bort_core.io.remove_orphans` keeps)."""
     old = staging + ".old"
     os.rename(directory, old)
     moved = []
@@ -156,10 +145,21 @@ def _swap_in(staging, directory):
     shutil.rmtree(old)
 
 
+def check_agreement(hf: dict, config: BortConfig, config_path: str) -> None:
+    """A `config.json` field that contradicts its own `bort_config` (an edit to one of them) is
+    an error naming both values: Bort would read one model and transformers another."""
+    derived = hf_config(config)
+    wrong = ["%s is %r but bort_config gives %r" % (key, hf[key], derived[key])
+             for key in _DERIVED if key in hf and hf[key] != derived[key]]
+    if wrong:
+        raise ValueError("%s: contradicts its own bort_config: %s; make the two agree"
+                         % (config_path, "; ".join(wrong)))
+
+
 def load_hf(directory: str):
     """(BortConfig, canonical params) from an HF BERT directory (ours or any BertForMaskedLM
     or BertForPreTraining); a tensor Bort has no place for, or a missing one, is an error."""
-    from bort_core.convert import read_safetensors
+    from bort_core.convert import embedded_config, read_safetensors
 
     config_path = os.path.join(directory, CONFIG_NAME)
     weights_path = os.path.join(directory, WEIGHTS_NAME)
@@ -176,7 +176,8 @@ def load_hf(directory: str):
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ValueError("%s: hidden_act %r: Bort uses exact GELU" % (config_path, hf["hidden_act"]))
     if "bort_config" in hf:
-        config = BortConfig.from_dict(hf["bort_config"], source=config_path)
+        config = embedded_config(hf["bort_config"], "%s: bort_config" % config_path)
+        check_agreement(hf, config, config_path)
     else:
         config = BortConfig(num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
                             units=hf["hidden_size"], hidden_size=hf["intermediate_size"],

@@ -24,6 +24,7 @@ import time
 from typing import Dict, List
 
 from bort_core.configs import get_config
+from bort_core.io import write_text
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo")
 
@@ -131,11 +132,7 @@ class Run:
 
     @staticmethod
     def write(path: str, data) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def bort(*args) -> None:

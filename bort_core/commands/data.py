@@ -48,7 +48,7 @@ def register(sub):
                    help="documents per work unit; random next sentences come from the same unit")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run_create)
+    p.set_defaults(run=run_create, writes=lambda args: [args.output_dir])
     _register_check(sub)
 
 

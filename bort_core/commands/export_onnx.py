@@ -7,39 +7,36 @@ when the command runs.
 """
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 
 from bort_core import checkpoint as ckpt
+from bort_core import io as bio
+from bort_core.cli import load_framework, require
 
 INPUT_NAMES = ["input_ids", "valid_length"]
 OUTPUT_NAMES = ["sequence"]
 
 
 def export_onnx(model, path: str, opset: int = 17) -> None:
-    """Trace a bort_torch BortModel (eval mode) into `path`, atomically."""
+    """Trace a bort_torch BortModel (eval mode) into `path`, atomically: the graph is built in
+    memory and written by `bort_core.io`, so a failed write is an OSError naming `path`."""
     import torch
 
     seq = min(16, model.config.max_length)
     ids = torch.zeros(2, seq, dtype=torch.long)
     valid = torch.tensor([seq, max(1, seq // 2)])
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".onnx")
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # the TorchScript exporter (no onnxscript needed) warns that it is the legacy one
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model.eval(), (ids, valid), tmp, dynamo=False, opset_version=opset,
-                              input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                              dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                            "valid_length": {0: "batch"},
-                                            "sequence": {0: "batch", 1: "seq"}})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter (no onnxscript needed) warns that it is the legacy one
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model.eval(), (ids, valid), buf, dynamo=False, opset_version=opset,
+                          input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
+                                        "valid_length": {0: "batch"},
+                                        "sequence": {0: "batch", 1: "seq"}})
+    bio.write_bytes(path, buf.getvalue())
 
 
 def check_with_onnxruntime(model, path: str, batch: int = 3, seq: int = 24, seed: int = 0) -> float:
@@ -70,18 +67,22 @@ def register(sub):
                    help="run ONNX Runtime on a padded batch and print the max abs difference "
                    "from PyTorch (needs onnxruntime)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, writes=lambda args: [os.path.dirname(os.path.abspath(args.out))])
 
 
 def run(args):
-    from bort_core.cli import load_framework
     from bort_core.convert import read_checkpoint
 
     if not args.out.endswith(".onnx"):
         raise ValueError("%s: the output must be a .onnx file" % args.out)
     if os.path.exists(args.out) and not args.overwrite:
         raise ValueError("%s exists; pass --overwrite to replace it" % args.out)
+    bio.check_writable(args.out)
+    for module, extra in (("torch", "torch"), ("onnx", "onnx")):
+        require(module, extra, "bort export-onnx")
     tm = load_framework("torch", "model")
+    if args.check:
+        require("onnxruntime", "onnx", "--check")
     config, params = read_checkpoint(args.src, args.config)
     if ckpt.is_classifier(params):      # a fine-tuned classifier: its backbone, head left out
         params, _ = ckpt.split_classifier(params, args.src)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from bort_core import extraction as ose
+from bort_core import io as bio
 
 
 def register(sub):
@@ -68,7 +69,7 @@ def register(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue a run in --out: finished trainings are read back, not redone")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, writes=lambda args: [args.out])
 
 
 def _theta(args):
@@ -135,8 +136,8 @@ def run(args):
             raise ValueError("--eval-size must be in [1, %d) for --data with %d instances" % (n, n))
         train, held_out = ose.subset(train, np.arange(n - args.eval_size)), \
             ose.subset(train, np.arange(n - args.eval_size, n))
-
     ose.write_candidates(plan, args.out)     # once the inputs are known to be good
+
     from bort_core.backend import get_backend
     backend = get_backend(args.framework)
     teacher = backend.load(teacher_config, args.teacher) if args.teacher else None
@@ -180,8 +181,9 @@ def write_pareto_plot(result, path):
     ax.legend(loc="best", fontsize="small")
     ax.set_title("OSE extraction: %d candidates" % len(rows))
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with bio.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -76,7 +76,7 @@ def register(sub):
     p.add_argument("--only-inference", nargs="?", const=True, default=False, type=str2bool,
                    help="no training: score dev and write the test files with "
                    "--model-parameters (accepts true/false)")
-    p.set_defaults(run=run_finetune)
+    p.set_defaults(run=run_finetune, writes=lambda args: [args.output_dir])
 
     d = FinetuneOptions(epochs=3)
     g = sub.add_parser("agora", help="Agora: fine-tune over a grid, grow train near dev mistakes",
@@ -113,7 +113,7 @@ def register(sub):
       "mistake (default: half the dev scores' standard deviation)")
     a("--teachable-only", action="store_true", help="generate points only near the dev mistakes "
       "that the reference gets right (near the others its labels repeat its own error)")
-    g.set_defaults(run=run_agora)
+    g.set_defaults(run=run_agora, writes=lambda args: [args.output_dir])
 
 
 def finetune_options(args) -> FinetuneOptions:
