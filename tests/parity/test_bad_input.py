@@ -1,0 +1,325 @@
+"""Bad input, table-driven: every command x every class of bad input, through the real CLI.
+
+Each row of `CASES` builds one bad input under a temporary directory and names the command line
+that must refuse it. Every row is held to the same contract:
+- the command exits with status 2;
+- stderr is exactly one line, `bort <command>: error: ...`, that names the offending file (and
+  the field or line where there is one), with no traceback;
+- nothing is left half-written: the temporary directory holds, afterwards, only what it held
+  before (plus what the row declares it may keep);
+- a hostile file runs no code: its payload would create `PWNED` in the directory, which must not
+  exist afterwards.
+A new command, or a new class of bad input, gets the same treatment by adding a row.
+
+Classes (`kind`): missing, empty, truncated, wrong-type, wrong-shape, non-finite, hostile,
+unwritable, stale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from typing import Callable, List, Tuple
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass
+class Bad:
+    command: str                  # the bort subcommand
+    kind: str                     # the class of bad input (module docstring)
+    what: str                     # short id of the case
+    # tmp_path -> (argv after `bort`, text the error line must contain: the file, field or line)
+    build: Callable[[str], Tuple[List[str], List[str]]]
+    keeps: Tuple[str, ...] = ()   # paths (relative to tmp_path) the run may create and keep
+
+    @property
+    def id(self):
+        return "%s-%s-%s" % (self.command, self.kind, self.what)
+
+
+CASES: List[Bad] = []
+
+
+def case(command: str, kind: str, what: str, keeps: Tuple[str, ...] = ()):
+    """Register the decorated builder as a row of the table."""
+    def register(build):
+        CASES.append(Bad(command, kind, what, build, keeps))
+        return build
+    return register
+
+
+def _snapshot(root: str) -> set:
+    out = set()
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            out.add(os.path.relpath(os.path.join(base, name), root))
+    return out
+
+
+def run_bort(argv: List[str], cwd: str, **popen) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=ROOT, PYTHONWARNINGS="ignore",
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "bort_core.cli"] + argv, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, **popen)
+
+
+# ------------------------------------------------------------------------------------ the table
+# (rows live in one place: add yours below, grouped by command)
+
+
+# ---- convert, export-onnx, finetune, extract, create-pretraining-data: outputs and metadata
+# An unwritable output, as root too: /sys refuses new entries (EACCES/EPERM) whatever the
+# mode bits, and a regular file where a folder is expected fails everywhere. A full disk
+# needs a resource limit, so it lives in test_full_disk_is_one_line below.
+UNWRITABLE = "/sys/bort-bad-input-test"
+
+
+def _tiny_params(root: str, name: str = "src.params", dtypes=None) -> str:
+    """A bort_tiny checkpoint (tied decoder stored, as convert writes it); `dtypes` maps
+    parameter names to another dtype."""
+    from bort_core import checkpoint as ckpt
+    from bort_core.configs import get_config
+    from parity.io import random_params
+
+    params = random_params(get_config("bort_tiny"), seed=1)
+    for key, dtype in (dtypes or {}).items():
+        params[key] = params[key].astype(dtype)
+    path = os.path.join(root, name)
+    ckpt.save_params(path, params, store_tied_decoder=True)
+    return path
+
+
+def _a_file(root: str, name: str = "a-file") -> str:
+    path = os.path.join(root, name)
+    with open(path, "w") as f:
+        f.write("not a folder\n")
+    return path
+
+
+def _safetensors_with_config(root: str, text: str) -> str:
+    """A genuine bort_tiny safetensors file whose `bort_config` metadata is `text`."""
+    from safetensors.numpy import load_file, save_file
+
+    good = os.path.join(root, "good.safetensors")
+    run_ok(["convert", _tiny_params(root), good, "--config", "bort_tiny"], root)
+    path = os.path.join(root, "bad.safetensors")
+    save_file(load_file(good), path, metadata={"format": "pt", "bort_config": text})
+    return path
+
+
+def run_ok(argv: List[str], cwd: str) -> None:
+    done = run_bort(argv, cwd)
+    assert done.returncode == 0, done.stderr
+
+
+for _command, _out in (("convert", "out.params"), ("export-onnx", "out.onnx")):
+    @case(_command, "unwritable", "read-only-filesystem")
+    def _(root, command=_command, out=_out):
+        dst = "%s-%s" % (UNWRITABLE, out)
+        return [command, _tiny_params(root), dst, "--config", "bort_tiny"], [dst, "denied"]
+
+    @case(_command, "unwritable", "destination-is-a-folder")
+    def _(root, command=_command, out=_out):
+        dst = os.path.join(root, out)
+        os.mkdir(dst)
+        return [command, _tiny_params(root), dst, "--config", "bort_tiny", "--overwrite"], \
+            [dst, "is a directory"]
+
+
+@case("convert", "unwritable", "hf-dir-under-read-only-filesystem")
+def _(root):
+    return ["convert", _tiny_params(root), UNWRITABLE, "--config", "bort_tiny"], [UNWRITABLE]
+
+
+@case("convert", "unwritable", "parent-is-a-file")
+def _(root):
+    dst = os.path.join(_a_file(root), "out.pt")
+    return ["convert", _tiny_params(root), dst, "--config", "bort_tiny"], [dst, "Not a directory"]
+
+
+@case("convert", "unwritable", "hf-parent-is-a-file")
+def _(root):
+    parent = _a_file(root)
+    return ["convert", _tiny_params(root), os.path.join(parent, "hf"), "--config", "bort_tiny"], \
+        [parent, "not a directory"]
+
+
+@case("convert", "unwritable", "destination-is-a-device")
+def _(root):
+    return ["convert", _tiny_params(root), "/dev/null", "--config", "bort_tiny", "--overwrite"], \
+        ["/dev/null", "not a directory"]
+
+
+@case("convert", "wrong-type", "safetensors-config-bad-json")
+def _(root):
+    path = _safetensors_with_config(root, '{"num_layers": 2,')
+    return ["convert", path, os.path.join(root, "out.params")], \
+        [path, "metadata bort_config", "not valid JSON"]
+
+
+@case("convert", "wrong-type", "safetensors-config-not-an-object")
+def _(root):
+    path = _safetensors_with_config(root, "[2, 4, 128, 96]")
+    return ["convert", path, os.path.join(root, "out.params")], \
+        [path, "metadata bort_config", "JSON object", "list"]
+
+
+@case("convert", "wrong-type", "safetensors-config-bad-value")
+def _(root):
+    path = _safetensors_with_config(
+        root, '{"num_layers": 2, "num_heads": 5, "units": 128, "hidden_size": 96}')
+    return ["convert", path, os.path.join(root, "out.params")], \
+        [path, "metadata bort_config", "divisible by num_heads"]
+
+
+@case("convert", "wrong-shape", "hf-config-contradicts-bort-config")
+def _(root):
+    import json
+
+    hf = os.path.join(root, "hf")
+    run_ok(["convert", _tiny_params(root), hf, "--config", "bort_tiny"], root)
+    path = os.path.join(hf, "config.json")
+    with open(path) as f:
+        data = json.load(f)
+    data["num_attention_heads"] = 8     # bort_config says 4
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return ["convert", hf, os.path.join(root, "out.params")], \
+        [path, "num_attention_heads is 8", "gives 4"]
+
+
+@case("convert", "wrong-type", "mixed-dtypes")
+def _(root):
+    name = "encoder.transformer_cells.1.proj.weight"
+    src = _tiny_params(root, dtypes={name: "float16"})
+    return ["convert", src, os.path.join(root, "out.pt"), "--config", "bort_tiny"], \
+        [src, name, "float16", "--dtype"]
+
+
+def _not_installed(root: str, module: str) -> None:
+    """Make `import module` fail in the bort run as it does where the package is not installed:
+    `python -m` puts the working directory first on sys.path, so this module is all it finds."""
+    with open(os.path.join(root, module + ".py"), "w") as f:
+        f.write("raise ModuleNotFoundError(\"No module named '%s'\", name='%s')\n" % (module, module))
+
+
+def _its_bytecode(module: str) -> Tuple[str, ...]:
+    return ("__pycache__", "__pycache__/%s.%s.pyc" % (module, sys.implementation.cache_tag))
+
+
+@case("convert", "missing", "torch-not-installed", keeps=_its_bytecode("torch"))
+def _(root):
+    _not_installed(root, "torch")
+    dst = os.path.join(root, "out.pt")
+    return ["convert", _tiny_params(root), dst, "--config", "bort_tiny"], \
+        [dst, "needs torch", "pip install -e '.[torch]'"]
+
+
+@case("convert", "missing", "torch-not-installed-reading", keeps=_its_bytecode("torch"))
+def _(root):
+    src = os.path.join(root, "src.pt")
+    run_ok(["convert", _tiny_params(root), src, "--config", "bort_tiny"], root)
+    _not_installed(root, "torch")
+    return ["convert", src, os.path.join(root, "out.params"), "--config", "bort_tiny"], \
+        [src, "needs torch", "pip install -e '.[torch]'"]
+
+
+@case("export-onnx", "missing", "torch-not-installed", keeps=_its_bytecode("torch"))
+def _(root):
+    _not_installed(root, "torch")
+    return ["export-onnx", _tiny_params(root), os.path.join(root, "out.onnx"), "--config",
+            "bort_tiny"], ["export-onnx needs torch", "pip install -e '.[torch]'"]
+
+
+@case("export-onnx", "missing", "onnx-not-installed", keeps=_its_bytecode("onnx"))
+def _(root):
+    _not_installed(root, "onnx")
+    return ["export-onnx", _tiny_params(root), os.path.join(root, "out.onnx"), "--config",
+            "bort_tiny"], ["export-onnx needs onnx", "pip install -e '.[onnx]'"]
+
+
+@case("finetune", "unwritable", "read-only-filesystem")
+def _(root):
+    return ["finetune", "--framework", "torch", "--task", "demo-single", "--config", "bort_tiny",
+            "--output-dir", UNWRITABLE], [UNWRITABLE]
+
+
+@case("finetune", "unwritable", "output-dir-is-a-file")
+def _(root):
+    path = _a_file(root)
+    return ["finetune", "--framework", "torch", "--task", "demo-single", "--config", "bort_tiny",
+            "--output-dir", path, "--overwrite"], [path]
+
+
+@case("extract", "unwritable", "read-only-filesystem")
+def _(root):
+    return ["extract", "--search-space", "tiny", "--dry-run", "--out", UNWRITABLE], [UNWRITABLE]
+
+
+@case("extract", "unwritable", "out-is-a-file")
+def _(root):
+    path = _a_file(root)
+    return ["extract", "--search-space", "tiny", "--dry-run", "--out", path], \
+        [path, "not a directory"]
+
+
+@case("create-pretraining-data", "unwritable", "read-only-filesystem")
+def _(root):
+    return ["create-pretraining-data", "--output-dir", UNWRITABLE], [UNWRITABLE]
+
+
+@case("create-pretraining-data", "unwritable", "output-dir-is-a-file")
+def _(root):
+    path = _a_file(root)
+    return ["create-pretraining-data", "--output-dir", path], [path]
+
+
+# -------------------------------------------------------------------------------------- the test
+
+@pytest.mark.parametrize("bad", CASES, ids=lambda b: b.id)
+def test_bad_input_is_refused_in_one_line(bad: Bad, tmp_path):
+    root = str(tmp_path)
+    argv, named = bad.build(root)
+    before = _snapshot(root)
+    done = run_bort(argv, cwd=root)
+    err = done.stderr
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, "expected one line on stderr, got:\n" + err
+    assert lines[0].startswith("bort %s: error: " % bad.command), lines[0]
+    for text in named:
+        assert text in lines[0], "error line does not name %r: %s" % (text, lines[0])
+    assert done.returncode == 2, (done.returncode, err)
+    assert not os.path.exists(os.path.join(root, "PWNED")), "a hostile file ran code"
+    left = _snapshot(root) - before - {os.path.normpath(k) for k in bad.keeps}
+    assert not left, "left behind: %s" % sorted(left)
+
+
+def _small_disk():
+    """In the child: files may not grow past 64 KiB. A write beyond fails with EFBIG ("File too
+    large"), as one on a full disk fails with ENOSPC: the same failure mid-file, without root."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+
+
+@pytest.mark.parametrize("command,out,needs", [
+    ("convert", "out.params", ()), ("convert", "out.pt", ("torch",)),
+    ("convert", "out.safetensors", ("safetensors",)), ("convert", "hf", ("safetensors",)),
+    ("export-onnx", "out.onnx", ("torch", "onnx"))])
+def test_full_disk_is_one_line(command, out, needs, tmp_path):
+    for module in needs:
+        pytest.importorskip(module)
+    root = str(tmp_path)
+    src, dst = _tiny_params(root), os.path.join(root, out)
+    before = _snapshot(root)
+    done = run_bort([command, src, dst, "--config", "bort_tiny"], root, preexec_fn=_small_disk)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == "bort %s: error: %s: File too large\n" % (command, dst)
+    assert _snapshot(root) == before     # no temp file, no half-written output
