@@ -52,9 +52,9 @@ import numpy as np
 from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
 from bort_core.configs import get_config
-from bort_core.data.leaderboard import write_submission
 from bort_core.data.shards import object_array
 from bort_core.data.tasks import get_task
+from bort_core.metrics import NonFiniteError, check_finite
 
 # the Agora paper's suggested starting grid for Bort (papers.md, section 3): 480 sets
 RELEASE_GRID = {"seed": [0, 1, 2, 3, 4], "lr": [1e-4, 1e-5, 9e-6],
@@ -251,6 +251,7 @@ class AgoraOptions:
     teachable_only: bool = False
 
     def __post_init__(self):
+        check_finite(self)
         if not self.reference_checkpoint:
             raise ValueError("--reference-checkpoint is required (a fine-tuned classifier)")
         if self.points_per_mistake < 1:
@@ -320,6 +321,12 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
         raise ValueError("Agora fine-tunes on a task's own train set; %s is a diagnostic "
                          "(run it on %s)" % (task.name, task.train_task))
     grid = load_grid(options.grid)
+    for i, theta in enumerate(grid):      # every set's values checked before any run
+        try:
+            _theta_options(base, theta)
+        except (TypeError, ValueError) as err:
+            raise ValueError("--grid %s: set %d %s: %s"
+                             % (options.grid, i, json.dumps(theta), err)) from None
     config = ft.resolve_config(base.config, base.checkpoint, base.dropout)
     if not os.path.exists(options.reference_checkpoint):
         raise FileNotFoundError("--reference-checkpoint %s does not exist"
@@ -377,6 +384,7 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
     best_path = os.path.join(base.output_dir, "model_bort_%s_agora.params" % task.name)
     rounds, start = [], time.time()
     work = tempfile.mkdtemp(prefix="agora-", dir=base.output_dir)
+    kept = os.path.join(work, "best.params")    # the best model so far; published at the end
     try:
         while alive and (options.max_rounds is None or len(rounds) < options.max_rounds):
             for replay in range(1 + options.replays):
@@ -387,8 +395,7 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                 t0 = time.time()
                 model_path, score = record.pop("model_path"), record["best_score"]
                 if score > best["score"]:
-                    shutil.copyfile(model_path, best_path + ".tmp")
-                    os.replace(best_path + ".tmp", best_path)
+                    shutil.copyfile(model_path, kept)
                     best = {"score": score, "round": record["round"], "set": record["best_set"]}
                 model = backend.load(config, model_path, num_classes)
                 scored = ft.score_split(backend, model, task, dev[0], base.dev_batch_size)
@@ -404,7 +411,8 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                     ref_logits = backend.predict(reference, ft.eval_batches(
                         {"input_ids": object_array(new), "valid_length": np.array(
                             [len(s) for s in new], np.int32)}, base.dev_batch_size))
-                    labels = ft.predictions(task, ref_logits)[0]
+                    labels = ft.predictions(task, ref_logits, "the reference on generated "
+                                            "points")[0]
                     train = append_points(train, new, labels)
                 shutil.rmtree(os.path.dirname(model_path), ignore_errors=True)
                 record.update({"dev_mistakes": int(len(wrong)), "mistakes_mined": int(len(mined)),
@@ -421,22 +429,17 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                                              record["seconds"]), flush=True)
             last = rounds[-1]["scores"]
             alive = [alive[i] for i in prune([last[str(s)] for s in alive], options.keep)]
+        seconds = time.time() - start
+        model = backend.load(config, kept, num_classes)
+        dev_metrics, test = ft.score_and_submit(backend, model, task, data,
+                                                base.dev_batch_size, base.output_dir)
+        os.replace(kept, best_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    model = backend.load(config, best_path, num_classes)
     result = {"task": task.name, "framework": backend.name, "config": config.name,
               "reference": ref_info, "best": best, "rounds": len(rounds),
-              "runs": sum(len(r["sets"]) for r in rounds), "seconds": time.time() - start,
-              "model": best_path, "dev": {}, "test": {}}
-    for d in dev:
-        result["dev"][d.split] = ft.score_split(backend, model, task, d,
-                                                base.dev_batch_size)["metrics"]
-    for d in data["test"]:
-        scored = ft.score_split(backend, model, task, d, base.dev_batch_size)
-        path = write_submission(task, d.examples, scored["predictions"], base.output_dir,
-                                d.split, scores=scored["scores"])
-        result["test"][d.split] = {"file": path, "metrics": scored["metrics"]}
+              "runs": sum(len(r["sets"]) for r in rounds), "seconds": seconds,
+              "model": best_path, "dev": dev_metrics, "test": test}
     ft.write_json(os.path.join(base.output_dir, "result.json"), result)
     return result
 
@@ -454,8 +457,12 @@ def _round(backend, task, config, num_classes, base, grid, alive, train, dev, wo
         ckpt.save_params(init, ft.initial_classifier(config, num_classes, base.checkpoint,
                                                      opts.classifier_init, opts.seed))
         model = backend.load(config, init, num_classes)
-        model, _, score = ft.train_and_select(backend, model, config, num_classes, task, train,
-                                              dev, opts, run_dir, progress=False)
+        try:
+            model, _, score = ft.train_and_select(backend, model, config, num_classes, task,
+                                                  train, dev, opts, run_dir, progress=False)
+        except NonFiniteError as err:
+            raise NonFiniteError("round %d, set %d %s: %s" % (number, i, json.dumps(grid[i]),
+                                                              err)) from None
         backend.save(model, os.path.join(run_dir, "best.params"))
         scores[str(i)] = score
         if best_i is None or score > scores[str(best_i)]:
@@ -484,8 +491,7 @@ def _write_logs(out_dir, task, ref_info, rounds, best, grid):
             r["round"], len(r["sets"]), r["runs"], r["best_set"],
             json.dumps(grid[r["best_set"]]), r["best_score"],
             float(np.mean(list(r["scores"].values()))), r["dev_mistakes"], r["mistakes_mined"],
-            r["points_added"],
-            r["train_size"], r["seconds"] + r["generate_seconds"]))
+            r["points_added"], r["train_size"], r["seconds"] + r["generate_seconds"]))
     lines += ["", "Best: %s" % json.dumps(best, default=float), ""]
     tmp = os.path.join(out_dir, "agora_log.md.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -34,7 +34,7 @@ from bort_core import checkpoint as ckpt
 from bort_core.configs import BortConfig, get_config
 from bort_core.data.leaderboard import write_submission
 from bort_core.data.tasks import Example, Task, featurize, get_task, read_split
-from bort_core.metrics import evaluate
+from bort_core.metrics import NonFiniteError, check_finite, evaluate
 
 LR_FLOOR = 1e-7
 CLASSIFIER_INITS = ("uniform", "gaussian", "orthogonal", "xavier")
@@ -74,6 +74,7 @@ class FinetuneOptions:
     overwrite: bool = False
 
     def __post_init__(self):
+        check_finite(self)
         for name in ("epochs", "batch_size", "dev_batch_size", "max_len", "num_buckets"):
             if getattr(self, name) < 1:
                 raise ValueError("--%s must be at least 1, got %r"
@@ -88,6 +89,8 @@ class FinetuneOptions:
             raise ValueError("--dropout must be in [0, 1), got %r" % self.dropout)
         if self.lr < 0 or self.weight_decay < 0 or self.clip_norm < 0:
             raise ValueError("--lr, --weight-decay and --clip-norm must be non-negative")
+        if self.epsilon <= 0:
+            raise ValueError("--epsilon must be positive, got %r" % self.epsilon)
         if self.classifier_init not in CLASSIFIER_INITS:
             raise ValueError("--classifier-init must be one of %s, got %r"
                              % (", ".join(CLASSIFIER_INITS), self.classifier_init))
@@ -136,6 +139,18 @@ def decays(name: str) -> bool:
     """BERTAdam weight decay applies except to LayerNorm gains/shifts and biases (canonical
     names, `bort.`-prefixed or not)."""
     return not name.endswith((".gamma", ".beta", ".bias"))
+
+
+def step_row(step: int, loss: float, lr: float, grad_norm: float, hparams: Dict) -> Dict:
+    """A training step's row {step, loss, lr, grad_norm}; a non-finite loss, or a non-finite
+    gradient norm that no float16 loss scaler skips, stops the run (NonFiniteError)."""
+    scaled = hparams.get("dtype", "float32") == "float16"
+    if not math.isfinite(loss) or not (scaled or math.isfinite(grad_norm)):
+        raise NonFiniteError("fine-tuning step %d: the loss is %r, the gradient norm %r (lr %g): "
+                             "the run diverged (lower --lr) or its starting weights are not "
+                             "finite; stopped, no best model or test file written"
+                             % (step, loss, grad_norm, lr))
+    return {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
 
 
 def take_steps(batches, steps: int) -> list:
@@ -297,10 +312,16 @@ def eval_batches(features: Dict, batch_size: int, pad_id: int = 1) -> List[Dict[
             for i in range(0, n, batch_size)]
 
 
-def predictions(task: Task, logits: np.ndarray):
+def predictions(task: Task, logits: np.ndarray, what: str = "the model"):
     """(predictions, scores): class index (argmax) or the regression score; scores are the
-    positive-class margins a ReCoRD query's candidates are ranked by."""
+    positive-class margins a ReCoRD query's candidates are ranked by. Non-finite logits (the
+    output of broken weights) raise NonFiniteError naming `what` was predicted."""
     logits = np.asarray(logits, dtype=np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(logits).all(axis=1)))
+    if bad:
+        raise NonFiniteError("%s: the model's outputs are NaN or infinite for %d of %d rows (its "
+                             "weights are broken: a diverged run or a damaged checkpoint)"
+                             % (what, bad, len(logits)))
     if task.class_labels is None:
         return logits[:, 0], None
     scores = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else None
@@ -311,7 +332,7 @@ def score_split(backend, model, task: Task, data: TaskData, batch_size: int,
                 pad_id: int = 1) -> Dict:
     """Predict a split; metrics when labelled. {"metrics", "predictions", "scores"}."""
     logits = backend.predict(model, eval_batches(data.features, batch_size, pad_id))
-    pred, scores = predictions(task, logits)
+    pred, scores = predictions(task, logits, "%s %s" % (task.name, data.split))
     labelled = all(e.label is not None for e in data.examples)
     metrics = evaluate(task, data.examples, pred, scores) if labelled else {}
     return {"metrics": metrics, "predictions": pred, "scores": scores}
@@ -380,6 +401,22 @@ def train_and_select(backend, model, config: BortConfig, num_classes: int, task:
     return model, history, best
 
 
+def score_and_submit(backend, model, task: Task, data: Dict[str, List[TaskData]],
+                     batch_size: int, output_dir: str):
+    """(dev metrics, test records) of the final model, as result.json holds them; every split is
+    scored before the first leaderboard file is written."""
+    trainer = get_task(task.train_task) if task.train_task else task
+    dev = {d.split: score_split(backend, model, trainer, d, batch_size)["metrics"]
+           for d in data["dev"]}
+    scored = [(d, score_split(backend, model, task, d, batch_size)) for d in data["test"]]
+    test = {}
+    for d, s in scored:
+        path = write_submission(task, d.examples, s["predictions"], output_dir, d.split,
+                                scores=s["scores"])
+        test[d.split] = {"file": path, "metrics": s["metrics"]}
+    return dev, test
+
+
 def epoch_path(save_dir: str, task: Task, epoch: int) -> str:
     return os.path.join(save_dir, "model_bort_%s_%d.params" % (task.name, epoch))
 
@@ -418,16 +455,11 @@ def run_finetune(backend, options: FinetuneOptions, tokenizer=None, progress: bo
         train = data["train"][0].features
         model, history, _ = train_and_select(backend, model, config, num_classes, trainer, train,
                                              data["dev"], options, options.output_dir, progress)
+    dev, test = score_and_submit(backend, model, task, data, options.dev_batch_size,
+                                 options.output_dir)
     result = {"task": task.name, "framework": backend.name, "config": config.name,
-              "history": history, "dev": {}, "test": {}, "options": dataclasses.asdict(options)}
-    for d in data["dev"]:
-        result["dev"][d.split] = score_split(backend, model, trainer, d,
-                                             options.dev_batch_size)["metrics"]
-    for d in data["test"]:
-        scored = score_split(backend, model, task, d, options.dev_batch_size)
-        path = write_submission(task, d.examples, scored["predictions"], options.output_dir,
-                                d.split, scores=scored["scores"])
-        result["test"][d.split] = {"file": path, "metrics": scored["metrics"]}
+              "history": history, "dev": dev, "test": test,
+              "options": dataclasses.asdict(options)}
     best = os.path.join(options.output_dir, "model_bort_%s_best.params" % task.name)
     backend.save(model, best)
     result["model"] = best

@@ -3,16 +3,33 @@
 All functions take predictions and gold labels as sequences (class indices, scores or strings)
 and return a float. `evaluate(task, ...)` computes a task's metrics by name (the names in
 `bort_core.data.tasks.TASKS[...].metrics`). Unlike the release, F1 is computed over the whole
-dataset, never averaged per batch (release bug F1).
+dataset, never averaged per batch (release bug F1). `NonFiniteError` and `check_finite` are the
+guard against NaN/infinite numbers that the training loops and their options share.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import string
 from collections import Counter, defaultdict
 from typing import Dict, Hashable, Optional, Sequence
 
 import numpy as np
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """A NaN or infinite hyper-parameter, label, loss, output or score (a ValueError, so the CLI
+    reports it in one line)."""
+
+
+def check_finite(options) -> None:
+    """Refuse a dataclass of options with a NaN or infinite float field, by its --flag name."""
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteError("--%s must be a finite number, got %r"
+                                 % (field.name.replace("_", "-"), value))
 
 
 def accuracy(pred, gold) -> float:

@@ -64,6 +64,7 @@ import numpy as np
 
 from bort_core import checkpoint as ckpt
 from bort_core.data.shards import expand_shards, load_shard
+from bort_core.metrics import NonFiniteError, check_finite
 
 # ------------------------------------------------------------------------------------ options
 
@@ -113,6 +114,7 @@ class PretrainOptions:
     tensorboard: bool = True
 
     def __post_init__(self):
+        check_finite(self)
         if self.kd_loss not in KD_LOSSES:
             raise ValueError("--kd-loss must be one of %s, got %r" % (", ".join(KD_LOSSES),
                                                                       self.kd_loss))
@@ -129,6 +131,10 @@ class PretrainOptions:
             raise ValueError("--temperature must be positive, got %r" % self.temperature)
         if self.lr < 0 or self.weight_decay < 0 or self.clip_norm < 0:
             raise ValueError("--lr, --weight-decay and --clip-norm must be non-negative")
+        if self.eps <= 0:
+            raise ValueError("--eps must be positive, got %r" % self.eps)
+        if self.loss_scale < 1:
+            raise ValueError("--loss-scale must be at least 1, got %r" % self.loss_scale)
 
     @property
     def warmup_steps(self) -> int:
@@ -715,11 +721,12 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
                                     normalizer(batch) * options.accumulate, scaler.scale))
             row = _merge(engine, stats)     # means over the micro-batches (normalised by n*acc)
             result = engine.update(lr, scaler.scale)
-            if not result["finite"] and not scaler.enabled:
-                raise FloatingPointError(
-                    "step %d: non-finite loss/gradient (loss %r) in %s; the last good checkpoint "
-                    "is step %d in %s" % (step, row["loss"], options.dtype, last_good,
-                                          options.ckpt_dir))
+            if not result["finite"] and scaler.scale <= 1.0:    # no loss scale left to cut
+                kept = ("the last good checkpoint is step %d in %s" % (last_good, options.ckpt_dir)
+                        if keep and last_good else "no checkpoint was written")
+                raise NonFiniteError("step %d: non-finite loss/gradient (loss %r, %s): the run "
+                                     "diverged (lower --lr); %s"
+                                     % (step, row["loss"], options.dtype, kept))
             scaler.update(result["finite"])
             row.update(lr=lr, grad_norm=result["grad_norm"], skipped=scaler.skipped,
                        loss_scale=scaler.scale)

@@ -80,8 +80,7 @@ def train_classifier(model, batches: Iterable[Dict], steps: int, hparams: Dict) 
         for i, n in enumerate(state.order):
             state.updater(i, grads[i], state.named[n].data(ctx))
         state.step += 1
-        rows.append({"step": state.step, "loss": float(loss.asscalar()), "lr": lr,
-                     "grad_norm": norm})
+        rows.append(core.step_row(state.step, float(loss.asscalar()), lr, norm, hparams))
     return rows
 
 

@@ -87,8 +87,7 @@ def train_classifier(model, batches: Iterable[Dict], steps: int, hparams: Dict) 
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.step += 1
-        rows.append({"step": state.step, "loss": float(loss.detach()), "lr": lr,
-                     "grad_norm": norm})
+        rows.append(core.step_row(state.step, float(loss.detach()), lr, norm, hparams))
     return rows
 
 

@@ -307,6 +307,21 @@ def test_run_agora_halves_the_grid_grows_train_and_writes_outputs(tmp_path, refe
     assert not any("reference model" in m for m in caught)              # a good reference
 
 
+def test_a_diverging_set_stops_agora_naming_it_and_publishes_nothing(tmp_path, references):
+    with pytest.raises(ft.NonFiniteError, match=r'round 1, set 1 \{"lr": 1e\+300\}: fine-tuning '
+                       r"step [0-9]+: the loss is"):
+        _run(tmp_path, references["demo-regression"], "demo-regression",
+             grid=[{"lr": 1.0}, {"lr": 1e300}])
+    assert os.listdir(str(tmp_path / "agora")) == []     # no model, log, test file, work dir
+
+
+def test_a_non_finite_grid_value_is_refused_before_any_run(tmp_path, references):
+    with pytest.raises(ValueError, match=r"grid.json: set 1 \{\"lr\": NaN\}: --lr must be a "
+                       r"finite number, got nan"):
+        _run(tmp_path, references["demo-single"], grid=[{"lr": 1.0}, {"lr": float("nan")}])
+    assert not os.path.exists(str(tmp_path / "agora"))
+
+
 def test_replays_repeat_each_round_before_pruning(tmp_path, references):
     _, log, _ = _run(tmp_path, references["demo-single"], replays=1)
     rounds = log["rounds"]

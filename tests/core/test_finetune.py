@@ -2,6 +2,7 @@
 backend, the release's D1-D5 / F1-F4 bugs, bad input."""
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -61,9 +62,11 @@ class FakeBackend:
                 loss = float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
                 grad = p.copy()
                 grad[np.arange(len(y)), y] -= 1
-            model["W"] -= lr * grad.T @ x / len(y)
+            step = grad.T @ x / len(y)
+            model["W"] -= lr * step
             model["step"] += 1
-            rows.append({"step": model["step"], "loss": loss, "lr": lr})
+            rows.append(ft.step_row(model["step"], loss, lr, float(np.linalg.norm(step)),
+                                    hparams))
         return rows
 
     def predict(self, model, batches):
@@ -270,6 +273,27 @@ def test_only_inference_reuses_a_finetuned_model(tmp_path):
         ft.run_finetune(FakeBackend(), _options(tmp_path, task="demo-single", only_inference=True,
                                                 output_dir=str(tmp_path / "x")), progress=False)
     assert not os.path.exists(tmp_path / "x")        # refused before anything is written
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+def test_a_diverging_run_stops_and_writes_no_result(tmp_path):
+    opts = _options(tmp_path, task="demo-regression", lr=1e300, batch_size=32)
+    with pytest.raises(ft.NonFiniteError, match="fine-tuning step [0-9]+: the loss is"):
+        ft.run_finetune(FakeBackend(), opts, progress=False)
+    assert os.listdir(opts.output_dir) == []     # no epoch model, best model, test file, result
+
+
+def test_a_non_finite_score_in_the_data_stops_before_any_output(tmp_path):
+    data = tmp_path / "data" / "demo-regression"
+    shutil.copytree(os.path.join(tk.default_data_dir(tk.get_task("demo-regression")),
+                                 "demo-regression"), str(data))
+    lines = (data / "dev.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[5] = "\t".join(lines[5].split("\t")[:-1] + ["inf\n"])
+    (data / "dev.tsv").write_text("".join(lines), encoding="utf-8")
+    opts = _options(tmp_path, task="demo-regression", data_dir=str(tmp_path / "data"))
+    with pytest.raises(ValueError, match=r"dev.tsv:6: score 'inf' is not a finite number"):
+        ft.run_finetune(FakeBackend(), opts, progress=False)
+    assert not os.path.exists(opts.output_dir)
 
 
 def test_diagnostics_train_on_their_task(tmp_path):
