@@ -278,6 +278,162 @@ def _(root):
     return ["create-pretraining-data", "--output-dir", path], [path]
 
 
+# ---- finetune, agora, pretrain: non-finite numbers; task files' headers and encodings
+DEMO_TASKS = os.path.join(ROOT, "bort_core", "data", "demo", "tasks")
+TASK_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tasks")
+
+
+def _task_file(root: str, source: str, name: str, edit) -> Tuple[str, str]:
+    """(data dir, path): a copy of task folder `source` under root/tasks whose file `name` is
+    changed by `edit(lines)` (a list of byte lines, edited in place)."""
+    import shutil
+
+    data_dir = os.path.join(root, "tasks")
+    folder = os.path.join(data_dir, os.path.basename(source))
+    shutil.copytree(source, folder)
+    path = os.path.join(folder, name)
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    edit(lines)
+    with open(path, "wb") as f:
+        f.writelines(lines)
+    return data_dir, path
+
+
+def _write(root: str, name: str, data: bytes) -> str:
+    path = os.path.join(root, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _set_line(number: int, text: bytes):
+    def edit(lines):
+        lines[number - 1] = text
+    return edit
+
+
+def _drop_header(lines):
+    del lines[0]
+
+
+def _finetune_argv(root: str, framework: str, task: str, *extra: str) -> List[str]:
+    return ["finetune", "--framework", framework, "--task", task, "--config", "bort_tiny",
+            "--max-len", "24", "--training-steps", "3", "--batch-size", "8", "--quiet",
+            "--output-dir", os.path.join(root, "out")] + list(extra)
+
+
+def _nan_classifier(root: str) -> str:
+    """A bort_tiny regression classifier whose every weight is NaN."""
+    from bort_core import checkpoint as ckpt
+    from bort_core import finetune as ft
+    from bort_core.configs import get_config
+
+    params = ft.initial_classifier(get_config("bort_tiny"), 1, None, "uniform", 0)
+    path = os.path.join(root, "nan.params")
+    ckpt.save_params(path, {k: v * float("nan") for k, v in params.items()})
+    return path
+
+
+def _agora_argv(root: str, framework: str, grid: str, reference: str, *extra: str) -> List[str]:
+    return ["agora", "--framework", framework, "--task", "demo-regression", "--config",
+            "bort_tiny", "--max-len", "24", "--training-steps", "3", "--generator", "dropout",
+            "--grid", grid, "--reference-checkpoint", reference, "--quiet", "--output-dir",
+            os.path.join(root, "ag")] + list(extra)
+
+
+def _finetune_rows():
+    pair, single = os.path.join(DEMO_TASKS, "demo-pair"), os.path.join(DEMO_TASKS, "demo-single")
+    regression = os.path.join(DEMO_TASKS, "demo-regression")
+    tables = {   # kind, what -> (task, folder, file, edit, what the error line names)
+        ("non-finite", "regression-label-nan"): (
+            "demo-regression", regression, "train.tsv",
+            _set_line(3, b"1\tdemo\tstdlib\tnone\t1\tstdlib\tstdlib\tA cat.\tA dog.\tnan\n"),
+            [":3: score 'nan' is not a finite number"]),
+        ("missing", "tsv-header-train"): (
+            "demo-pair", pair, "train.tsv", _drop_header,
+            ["missing or wrong header", "'index\\tsentence1\\tsentence2\\tlabel'"]),
+        ("missing", "tsv-header-test"): (
+            "demo-single", single, "test.tsv", _drop_header,
+            ["missing or wrong header", "'index\\tsentence'"]),
+        ("wrong-shape", "tsv-header-columns-swapped"): (
+            "demo-pair", pair, "dev.tsv", _set_line(1, b"index\tsentence2\tsentence1\tlabel\n"),
+            ["missing or wrong header", "column 2 here is 'sentence2', not 'sentence1'"]),
+        ("wrong-type", "latin-1-byte-tsv"): (
+            "demo-single", single, "train.tsv", _set_line(4, "caf\u00e9 noir\t1\n".encode(
+                "latin-1")), [":4: not UTF-8", "0xe9"]),
+        ("wrong-type", "latin-1-byte-jsonl"): (
+            "boolq", os.path.join(TASK_FIXTURES, "BoolQ"), "train.jsonl", _set_line(
+                2, b'{"question": "caf\xe9?", "passage": "p", "idx": 1, "label": true}\n'),
+            [":2: not UTF-8", "0xe9"]),
+    }
+    for framework in ("gluon", "torch"):
+        for (kind, what), (task, folder, name, edit, named) in tables.items():
+            @case("finetune", kind, "%s-%s" % (what, framework))
+            def _(root, task=task, folder=folder, name=name, edit=edit, named=named,
+                  framework=framework):
+                data_dir, path = _task_file(root, folder, name, edit)
+                return _finetune_argv(root, framework, task, "--data-dir", data_dir), \
+                    [path] + named
+
+        @case("finetune", "non-finite", "lr-nan-%s" % framework)
+        def _(root, framework=framework):
+            return _finetune_argv(root, framework, "demo-regression", "--lr", "nan"), \
+                ["--lr must be a finite number, got nan"]
+
+        @case("finetune", "non-finite", "diverging-loss-%s" % framework, keeps=("out",))
+        def _(root, framework=framework):
+            return _finetune_argv(root, framework, "demo-regression", "--lr", "1e30",
+                                  "--warmup-ratio", "0", "--clip-norm", "0"), \
+                ["fine-tuning step 2: the loss is", "diverged (lower --lr)"]
+
+        @case("finetune", "non-finite", "nan-weights-only-inference-%s" % framework,
+              keeps=("out",))
+        def _(root, framework=framework):
+            path = _nan_classifier(root)
+            return _finetune_argv(root, framework, "demo-regression", "--model-parameters", path,
+                                  "--only-inference"), ["demo-regression dev", "NaN or infinite"]
+
+        @case("agora", "non-finite", "grid-nan-%s" % framework)
+        def _(root, framework=framework):
+            grid = _write(root, "grid.json", b'{"lr": [1e-4, NaN]}')
+            return _agora_argv(root, framework, grid, "ref.params"), \
+                [grid, "set 1", "--lr must be a finite number, got nan"]
+
+        @case("agora", "non-finite", "weight-decay-inf-%s" % framework)
+        def _(root, framework=framework):
+            return _agora_argv(root, framework, "release", "ref.params", "--weight-decay", "inf"), \
+                ["--weight-decay must be a finite number, got inf"]
+
+        @case("agora", "non-finite", "diverging-set-%s" % framework, keeps=("ag",))
+        def _(root, framework=framework):
+            done = run_bort(_finetune_argv(root, "torch", "demo-regression", "--output-dir", "ref"),
+                            root)
+            assert done.returncode == 0, done.stderr
+            grid = _write(root, "grid.json", b'{"lr": [1e30], "warmup_ratio": [0.0]}')
+            return _agora_argv(root, framework, grid, "ref/model_bort_demo-regression_best.params",
+                               "--clip-norm", "0"), \
+                ["round 1, set 0", "fine-tuning step 2: the loss is", "diverged (lower --lr)"]
+
+        @case("pretrain", "non-finite", "lr-nan-%s" % framework)
+        def _(root, framework=framework):
+            return ["pretrain", "--framework", framework, "--data", "none.npz", "--ckpt-dir",
+                    "ckpt", "--lr", "nan"], ["--lr must be a finite number, got nan"]
+
+        @case("pretrain", "non-finite", "diverging-loss-%s" % framework)
+        def _(root, framework=framework):
+            from bort_core.commands.pretrain import demo_shards
+
+            return ["pretrain", "--framework", framework, "--student", "bort_tiny", "--data",
+                    demo_shards(os.path.join(root, "shards")), "--ckpt-dir", "", "--num-steps",
+                    "4", "--tokens-per-batch", "512", "--lr", "1e30", "--clip-norm", "0",
+                    "--warmup-ratio", "0", "--quiet"], \
+                ["non-finite loss/gradient", "diverged (lower --lr); no checkpoint was written"]
+
+
+_finetune_rows()
+
+
 # -------------------------------------------------------------------------------------- the test
 
 @pytest.mark.parametrize("bad", CASES, ids=lambda b: b.id)
