@@ -51,6 +51,7 @@ import numpy as np
 
 from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
+from bort_core import io as bio
 from bort_core.configs import get_config
 from bort_core.data.shards import object_array
 from bort_core.data.tasks import get_task
@@ -493,7 +494,4 @@ def _write_logs(out_dir, task, ref_info, rounds, best, grid):
             float(np.mean(list(r["scores"].values()))), r["dev_mistakes"], r["mistakes_mined"],
             r["points_added"], r["train_size"], r["seconds"] + r["generate_seconds"]))
     lines += ["", "Best: %s" % json.dumps(best, default=float), ""]
-    tmp = os.path.join(out_dir, "agora_log.md.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, os.path.join(out_dir, "agora_log.md"))
+    bio.write_text(os.path.join(out_dir, "agora_log.md"), "\n".join(lines))

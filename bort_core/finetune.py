@@ -31,6 +31,7 @@ import numpy as np
 
 from bort_core import arch
 from bort_core import checkpoint as ckpt
+from bort_core import io as bio
 from bort_core.configs import BortConfig, get_config
 from bort_core.data.leaderboard import write_submission
 from bort_core.data.tasks import Example, Task, featurize, get_task, read_split
@@ -351,14 +352,11 @@ def check_output_dir(path: str, overwrite: bool) -> None:
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise ValueError("--output-dir %s is not empty; pass --overwrite to replace its files"
                          % path)
-    os.makedirs(path, exist_ok=True)
+    bio.ensure_dir(path)
 
 
 def write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=float)
-    os.replace(tmp, path)
+    bio.write_text(path, json.dumps(data, indent=1, default=float))
 
 
 def train_and_select(backend, model, config: BortConfig, num_classes: int, task: Task,

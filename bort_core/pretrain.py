@@ -63,6 +63,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from bort_core import checkpoint as ckpt
+from bort_core import io as bio
 from bort_core.data.shards import expand_shards, load_shard
 from bort_core.metrics import NonFiniteError, check_finite
 
@@ -385,10 +386,7 @@ def save_checkpoint(ckpt_dir: str, step: int, params: Dict[str, np.ndarray],
     paths = checkpoint_paths(ckpt_dir, step)
     ckpt.save_params(paths["params"], params, store_tied_decoder=True)
     ckpt.save_ndarrays(paths["states"], states)
-    tmp = paths["meta"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, paths["meta"])
+    bio.write_text(paths["meta"], json.dumps(meta, indent=2, sort_keys=True))
     return paths["params"]
 
 

@@ -74,20 +74,24 @@ def register(sub):
       "scale doubles (default %(default)s)")
     a("--no-tensorboard", dest="tensorboard", action="store_false", help="no event files")
     a("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, writes=lambda args: [args.ckpt_dir])
+
+
+DEMO_TRAIN, DEMO_EVAL = "part-00[01].npz", "part-002.npz"     # globs in the demo shard folder
 
 
 def demo_shards(directory: str) -> str:
-    """Train/eval shards from the embedded corpus (made once, cached); returns the train glob."""
+    """Train and eval shards from the embedded corpus, made once in `directory`; returns the
+    train glob."""
     from bort_core.data.demo import CORPUS_PATH
     from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
     from bort_core.tokenizer import load_tokenizer
 
-    if not os.path.exists(os.path.join(directory, "part-002.npz")):
+    if not os.path.exists(os.path.join(directory, DEMO_EVAL)):
         create_pretraining_data([CORPUS_PATH], directory, load_tokenizer(),
                                 PretrainingOptions(max_seq_length=128, max_predictions_per_seq=20),
-                                num_outputs=3, progress=False)
-    return os.path.join(directory, "part-00[01].npz")
+                                num_outputs=3, progress=False, overwrite=True)
+    return os.path.join(directory, DEMO_TRAIN)
 
 
 def options_from_args(args) -> PretrainOptions:
@@ -99,10 +103,13 @@ def options_from_args(args) -> PretrainOptions:
         for key, value in DEMO.items():
             values.setdefault(key, value)
         shards = os.path.join(args.ckpt_dir, "demo-shards")
-        values["data"] = demo_shards(shards)
+        values["data"] = os.path.join(shards, DEMO_TRAIN)
         if not args.eval_data:
-            values["eval_data"] = os.path.join(shards, "part-002.npz")
-    return PretrainOptions(**values)
+            values["eval_data"] = os.path.join(shards, DEMO_EVAL)
+    options = PretrainOptions(**values)     # checked before the demo shards are written
+    if demo:
+        demo_shards(shards)
+    return options
 
 
 def run(args):

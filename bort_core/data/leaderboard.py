@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from bort_core import io as bio
 from bort_core.data.tasks import Example, Task
 from bort_core.metrics import choose_record_answers
 
@@ -52,7 +53,7 @@ def write_submission(task: Task, examples: Sequence[Example], predictions, out_d
     else:
         lines = [json.dumps({"idx": e.idx, "label": int(v) if task.name == "copa"
                              else _label(task, v)}) for e, v in zip(examples, values)]
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with bio.atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(lines) + "\n")
     return path
 

@@ -42,6 +42,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from bort_core import io as bio
 from bort_core.data.shards import COUNTS, LAYOUTS
 from bort_core.tokenizer import WORD_START, BPETokenizer
 
@@ -302,11 +303,11 @@ class ShardWriter:
             raise
 
     def discard(self) -> None:
-        """Remove the spools, any temporary shard, every shard this writer wrote, and the
-        output directory if this writer made it."""
+        """Remove the spools, every shard this writer wrote, and the output directory if this
+        writer made it (a shard being written is removed by `bort_core.io.atomic_path`)."""
         for k, f in enumerate(self._spools):
             f.close()
-            for path in (self._spool(k), self._part(k) + ".tmp", self._part(k)):
+            for path in (self._spool(k), self._part(k)):
                 if os.path.exists(path):
                     os.remove(path)
         if self._made_dir and not os.listdir(self.output_dir):
@@ -337,18 +338,17 @@ class ShardWriter:
         spans = {"input_ids": (0, n), "segment_ids": (n, n), "masked_lm_positions": (2 * n, m),
                  "masked_lm_ids": (2 * n + m, m)}
         path = self._part(k)
-        with open(self._spool(k), "rb") as spool, \
-                zipfile.ZipFile(path + ".tmp", "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            for name in sorted(list(numeric) + list(spans) + ["masked_lm_weights"]):
-                # np.savez_compressed's layout, at zlib level 1 (about three times faster)
-                with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                    if name in numeric:
-                        np.lib.format.write_array(f, numeric[name])
-                    elif self.layout == "flat":
-                        _write_flat_field(f, spool, name, starts, spans, m)
-                    else:
-                        _write_object_field(f, spool, name, starts, spans, m)
-        os.replace(path + ".tmp", path)
+        with bio.atomic_path(path) as tmp, open(self._spool(k), "rb") as spool:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                for name in sorted(list(numeric) + list(spans) + ["masked_lm_weights"]):
+                    # np.savez_compressed's layout, at zlib level 1 (about three times faster)
+                    with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                        if name in numeric:
+                            np.lib.format.write_array(f, numeric[name])
+                        elif self.layout == "flat":
+                            _write_flat_field(f, spool, name, starts, spans, m)
+                        else:
+                            _write_object_field(f, spool, name, starts, spans, m)
         os.remove(self._spool(k))
         return path
 
@@ -474,12 +474,13 @@ def _work(args):
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool = False) -> None:
-    """Make `output_dir` ready for new shards: a killed run's spools and temporary shards are
-    removed; earlier shards are removed with `overwrite`, else refused (a glob would pick them
-    up), as is any other file there."""
+    """Make `output_dir` ready for new shards: a killed run's spools are removed (its temporary
+    shards too, by `bort_core.io.remove_orphans`); earlier shards are removed with `overwrite`,
+    else refused (a glob would pick them up), as is any other file there."""
     if not os.path.isdir(output_dir):
         return
-    ours = re.compile(r"^(\.part-\d{3,}\.spool|part-\d{3,}\.npz\.tmp)$")
+    bio.remove_orphans(output_dir)
+    ours = re.compile(r"^\.part-\d{3,}\.spool$")
     shards = re.compile(r"^part-\d{3,}\.npz$")
     for name in sorted(os.listdir(output_dir)):
         if ours.match(name) or (overwrite and shards.match(name)):

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from bort_core import io as bio
+
 FIELDS = ("input_ids", "masked_lm_ids", "masked_lm_positions", "masked_lm_weights",
           "next_sentence_labels", "segment_ids", "valid_lengths")
 REQUIRED_FIELDS = ("input_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
@@ -253,14 +255,8 @@ def save_shard(path: str, instances: Dict[str, list], layout: str = "flat") -> s
             np.concatenate(rows) if rows else np.zeros(0, dtype)
     if layout == "flat":
         fields[COUNTS] = np.array([len(r) for r in instances["masked_lm_ids"]], dtype=np.int32)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **fields)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with bio.atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **fields)
     return path
 
 

@@ -414,7 +414,9 @@ def test_an_earlier_runs_shards_are_refused_or_replaced_with_overwrite(corpus, t
     out = tmp_path / "out"
     _make(corpus, tok, out, outputs=3)
     (out / ".part-000.spool").write_bytes(b"left by a killed run")
-    (out / "part-001.npz.tmp").write_bytes(b"half a shard")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    (out / (".part-001.npz.%s-0badf00d.tmp" % dead)).write_bytes(b"half a shard")
     with pytest.raises(ValueError, match=r"out: the output directory is not empty \(part-000.npz, "
                        r"part-001.npz, part-002.npz\); pass --overwrite"):
         _make(corpus, tok, out, outputs=2)

@@ -278,6 +278,170 @@ def _(root):
     return ["create-pretraining-data", "--output-dir", path], [path]
 
 
+# ---- pretraining shards (pretrain in both frameworks, extract) and create-pretraining-data input
+FRAMEWORKS = ("gluon", "torch")
+
+
+class _Payload:
+    """Unpickled, it would create PWNED in the working directory."""
+
+    def __reduce__(self):
+        return (open, ("PWNED", "w"))
+
+
+def _release_shard(root: str, name: str = "part-000.npz") -> str:
+    """A genuine shard in the 2020 layout (object arrays, as the release wrote them)."""
+    from bort_core.configs import DEMO_VOCAB_SIZE
+    from bort_core.data import shards as sh
+
+    return sh.write_synthetic_shard(os.path.join(root, name), 24, DEMO_VOCAB_SIZE, layout="2020")
+
+
+def _edited_shard(root: str, edit) -> str:
+    """A release-layout shard whose fields `edit(fields)` changed, saved as `bad.npz`."""
+    import numpy as np
+
+    with np.load(_release_shard(root, "src.npz"), allow_pickle=True) as data:   # our own file
+        fields = dict(data)
+    os.remove(os.path.join(root, "src.npz"))
+    edit(fields)
+    path = os.path.join(root, "bad.npz")
+    np.savez(path, **fields)
+    return path
+
+
+def _hostile(fields):
+    fields["input_ids"] = fields["input_ids"].copy()
+    fields["input_ids"][3] = _Payload()
+
+
+def _empty(fields):
+    for key in fields:
+        fields[key] = fields[key][:0]
+
+
+def _nan_weight(fields):
+    fields["masked_lm_weights"] = fields["masked_lm_weights"].copy()
+    fields["masked_lm_weights"][2] = fields["masked_lm_weights"][2] * float("nan")
+
+
+def _too_long(fields):
+    import numpy as np
+
+    fields["input_ids"] = fields["input_ids"].copy()
+    fields["input_ids"][5] = np.full(300, 5, np.int32)        # bort_tiny's max_length: 128
+    fields["segment_ids"] = fields["segment_ids"].copy()
+    fields["segment_ids"][5] = np.zeros(300, np.int32)
+    fields["valid_lengths"] = fields["valid_lengths"].copy()
+    fields["valid_lengths"][5] = 300
+
+
+def _truncated(root: str) -> str:
+    path = _release_shard(root, "bad.npz")
+    with open(path, "rb") as f:
+        raw = f.read()
+    with open(path, "wb") as f:
+        f.write(raw[:len(raw) // 2])
+    return path
+
+
+def _text_file(root: str, data: bytes, name: str = "bad.txt") -> str:
+    path = os.path.join(root, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+BAD_SHARDS = {   # kind, what -> (builder of the bad shard, what the error line names)
+    ("hostile", "pickle-runs-code"): (lambda r: _edited_shard(r, _hostile),
+                                      ["field input_ids", "io.open"]),
+    ("empty", "no-instances"): (lambda r: _edited_shard(r, _empty), ["holds no instances"]),
+    ("truncated", "half-a-zip"): (_truncated, ["not a readable .npz shard"]),
+    ("wrong-type", "not-a-zip"): (lambda r: _text_file(r, b"hello\n", "bad.npz"),
+                                  ["not a readable .npz shard"]),
+    ("non-finite", "nan-weight"): (lambda r: _edited_shard(r, _nan_weight),
+                                   ["instance 2", "non-finite"]),
+    ("wrong-shape", "longer-than-max-length"): (lambda r: _edited_shard(r, _too_long),
+                                               ["instance 5", "300 tokens", "max_length 128"]),
+}
+
+
+def _pretrain_argv(root: str, framework: str, data: str) -> List[str]:
+    return ["pretrain", "--framework", framework, "--student", "bort_tiny", "--data", data,
+            "--ckpt-dir", os.path.join(root, "ckpt"), "--num-steps", "2", "--tokens-per-batch",
+            "256", "--no-tensorboard", "--quiet"]
+
+
+def _shard_rows():
+    for (kind, what), (build, named) in BAD_SHARDS.items():
+        for framework in FRAMEWORKS:
+            @case("pretrain", kind, "%s-%s" % (what, framework))
+            def _(root, build=build, named=named, framework=framework):
+                path = build(root)
+                return _pretrain_argv(root, framework, path), [path] + named
+
+        @case("extract", kind, what)
+        def _(root, build=build, named=named):
+            path = build(root)
+            return ["extract", "--framework", "torch", "--search-space", "tiny", "--data", path,
+                    "--steps", "1", "--out", os.path.join(root, "out"), "--quiet"], [path] + named
+
+
+_shard_rows()
+
+
+@case("pretrain", "missing", "no-shard-matches")
+def _(root):
+    pattern = os.path.join(root, "nothing-*.npz")
+    return _pretrain_argv(root, "torch", pattern), [pattern]
+
+
+@case("create-pretraining-data", "missing", "no-input-matches")
+def _(root):
+    pattern = os.path.join(root, "nothing-*.txt")
+    return ["create-pretraining-data", "--input", pattern, "--output-dir",
+            os.path.join(root, "out"), "--quiet"], [pattern]
+
+
+@case("create-pretraining-data", "wrong-type", "binary-input")
+def _(root):
+    path = _text_file(root, b"PK\x03\x04\x00\x00binary\xff\xfe\n")
+    return ["create-pretraining-data", "--input", path, "--output-dir",
+            os.path.join(root, "out"), "--quiet"], [path, "line 1", "NUL byte"]
+
+
+@case("create-pretraining-data", "wrong-type", "latin-1-input")
+def _(root):
+    path = _text_file(root, "First line.\nCaf\u00e9 au lait.\n".encode("latin-1"))
+    return ["create-pretraining-data", "--input", path, "--output-dir",
+            os.path.join(root, "out"), "--quiet"], [path, "line 2", "not UTF-8", "0xe9"]
+
+
+@case("create-pretraining-data", "wrong-type", "directory-input")
+def _(root):
+    folder = os.path.join(root, "texts")
+    os.mkdir(folder)
+    return ["create-pretraining-data", "--input", folder, "--output-dir",
+            os.path.join(root, "out"), "--quiet"], [folder, "a directory"]
+
+
+@case("create-pretraining-data", "empty", "no-instances")
+def _(root):
+    path = _text_file(root, b"One lonely sentence.\n")
+    return ["create-pretraining-data", "--input", path, "--output-dir",
+            os.path.join(root, "out"), "--quiet"], [path, "no instance"]
+
+
+@case("create-pretraining-data", "stale", "earlier-shards-in-output")
+def _(root):
+    out = os.path.join(root, "out")
+    os.mkdir(out)
+    _release_shard(out, "part-003.npz")
+    path = _text_file(root, b"A sentence.\nAnother one.\n\nA second document.\nIts end.\n")
+    return ["create-pretraining-data", "--input", path, "--output-dir", out, "--quiet"], \
+        [out, "not empty", "part-003.npz", "--overwrite"]
+
+
 # ---- finetune, agora, pretrain: non-finite numbers; task files' headers and encodings
 DEMO_TASKS = os.path.join(ROOT, "bort_core", "data", "demo", "tasks")
 TASK_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "tasks")
@@ -420,6 +584,11 @@ def _finetune_rows():
             return ["pretrain", "--framework", framework, "--data", "none.npz", "--ckpt-dir",
                     "ckpt", "--lr", "nan"], ["--lr must be a finite number, got nan"]
 
+        @case("pretrain", "non-finite", "lr-nan-demo-run-%s" % framework)
+        def _(root, framework=framework):      # the embedded demo run: no shard made first
+            return ["pretrain", "--framework", framework, "--ckpt-dir", "ckpt", "--lr", "nan"], \
+                ["--lr must be a finite number, got nan"]
+
         @case("pretrain", "non-finite", "diverging-loss-%s" % framework)
         def _(root, framework=framework):
             from bort_core.commands.pretrain import demo_shards
@@ -453,6 +622,15 @@ def test_bad_input_is_refused_in_one_line(bad: Bad, tmp_path):
     assert not os.path.exists(os.path.join(root, "PWNED")), "a hostile file ran code"
     left = _snapshot(root) - before - {os.path.normpath(k) for k in bad.keeps}
     assert not left, "left behind: %s" % sorted(left)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_release_layout_shard_still_trains(framework, tmp_path):
+    """The hostile-shard rows' counterpart: a genuine object-array shard of the 2020 layout."""
+    root = str(tmp_path)
+    done = run_bort(_pretrain_argv(root, framework, _release_shard(root)), cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert os.path.exists(os.path.join(root, "ckpt", "0000002.params"))
 
 
 def _small_disk():
