@@ -5,7 +5,9 @@ Stages (each writes `OUT/<stage>/done.json` last, so an interrupted run resumes 
   teacher     a teacher pretrained (teacherless MLM) by the first framework, or a given checkpoint
   extract     OSE/FPTAS over the search space, candidates distilled from the teacher
   pretrain    distillation pretraining of the extracted architecture (held-out loss before/after)
-  finetune    per task: plain fine-tuning, then Agora with the plain model as reference
+  finetune    per task: plain fine-tuning; Agora's reference (demo: the student fine-tuned on a
+              labelled pool it never sees); Agora; on the demo tasks, every model's score on
+              the labelled held-out split
   parity      gluon vs torch: training steps, extraction rankings, pretrained losses, layer taps
 Then summary.md, summary.json and plots (Pareto front, loss curves, per-layer parity error).
 Extraction, pretraining and fine-tuning run once per framework (`OUT/<stage>-<framework>/`);
@@ -45,15 +47,21 @@ PRESETS = {
         "tokens_per_batch": 2048,
         "tasks": ["demo-pair", "demo-single", "demo-regression"],
         "data_dir": None,                    # the embedded demo tasks
-        "finetune_epochs": 3,
-        # a one-layer, 32-unit student learns nothing at the release's lr 5e-5 and weight
-        # decay 110 (decoupled decay lr * 110 per step erases it): the demo uses these
+        # the demo tasks' train splits are small (500 examples): 6 epochs with a short warm-up
+        # get the student off its constant prediction; it learns nothing at the release's lr
+        # 5e-5 and weight decay 110 (decoupled decay lr * 110 per step erases it)
+        "finetune_epochs": 6,
         "finetune_lr": 1e-3,
         "finetune_weight_decay": 0.01,
+        "finetune_warmup_ratio": 0.1,
+        # Agora's reference: "pool", the pretrained student fine-tuned (plain recipe) on a
+        # labelled pool 4x the train split that the student never sees; "plain", the student's
+        # own plain model (no stronger than the student)
+        "agora_reference": "pool",
         # the plain run's settings are among the sets (with --seed), so Agora's round 1 holds
         # the plain model and its dev score is at least plain's
         "agora_grid": {"lr": [5e-4, 1e-3, 2e-3], "weight_decay": [0.01]},
-        "agora_epochs": 3,
+        "agora_epochs": 6,
         "agora_rounds": 2,
     },
     "paper": {
@@ -63,6 +71,7 @@ PRESETS = {
         "lr": 1e-4, "tokens_per_batch": 1024,
         "tasks": ["mrpc", "rte", "sst-2", "cola", "sts-b", "qnli", "qqp", "mnli", "wnli"],
         "data_dir": None, "finetune_epochs": 3, "finetune_lr": 5e-5, "finetune_weight_decay": 110.0,
+        "finetune_warmup_ratio": 0.45, "agora_reference": "plain",
         "agora_grid": "release", "agora_epochs": 3,
         "agora_rounds": None,
     },
@@ -261,34 +270,92 @@ def extract(run: Run, fw: str, p: Dict, data: Dict, teacher: Dict, seed: int) ->
 
 
 def finetune(run: Run, fw: str, p: Dict, checkpoint: str, config_path: str, seed: int) -> Dict:
-    """Per task: plain fine-tuning, then Agora with that plain model as its reference."""
+    """Per task: plain fine-tuning; Agora's reference (`agora_reference`: "pool", the student
+    fine-tuned alike on the demo task's reference pool, or "plain", the plain model); Agora.
+    On the embedded demo tasks every model is also scored on the labelled held-out split,
+    regenerated from the embedded corpus, which no run trains or selects on."""
+    out = run.dir("finetune-" + fw)
     grid = p["agora_grid"]
     if isinstance(grid, dict):
-        grid = os.path.join(run.dir("finetune-" + fw), "agora_grid.json")
+        grid = os.path.join(out, "agora_grid.json")
         Run.write(grid, p["agora_grid"])
     rounds = ["--max-rounds", p["agora_rounds"]] if p["agora_rounds"] else []
+    recipe = ["--epochs", p["finetune_epochs"], "--lr", p["finetune_lr"], "--weight-decay",
+              p["finetune_weight_decay"], "--warmup-ratio", p["finetune_warmup_ratio"]]
+    heldout = demo_task_copies(out) if _demo_tasks(p) else None
+    if p["agora_reference"] == "pool" and heldout is None:
+        raise ValueError("agora_reference 'pool' needs the embedded demo tasks")
     results = {}
     for task in p["tasks"]:
         base = ["--framework", fw, "--task", task, "--config", config_path, "--checkpoint",
                 checkpoint, "--seed", seed, "--quiet", "--overwrite"]
-        if p["data_dir"]:
-            base += ["--data-dir", p["data_dir"]]
         if p["vocab"]:
             base += ["--vocab", p["vocab"]]
-        plain_dir = os.path.join(run.dir("finetune-" + fw), task, "plain")
-        bort("finetune", *base, "--output-dir", plain_dir, "--epochs", p["finetune_epochs"],
-             "--lr", p["finetune_lr"], "--weight-decay", p["finetune_weight_decay"])
-        with open(os.path.join(plain_dir, "result.json")) as f:
-            plain = json.load(f)
-        agora_dir = os.path.join(run.dir("finetune-" + fw), task, "agora")
-        bort("agora", *base, "--output-dir", agora_dir, "--epochs", p["agora_epochs"],
-             "--reference-checkpoint", plain["model"], "--reference-config", config_path,
-             "--grid", grid, "--generator", "mlm,swap", *rounds)
-        with open(os.path.join(agora_dir, "result.json")) as f:
-            agora = json.load(f)
-        results[task] = {"plain": plain["dev"], "agora": agora["dev"], "agora_runs": agora["runs"],
-                         "agora_rounds": agora["rounds"]}
+        data = ["--data-dir", p["data_dir"]] if p["data_dir"] else []
+        runs = {"plain": os.path.join(out, task, "plain")}
+        bort("finetune", *base, *data, "--output-dir", runs["plain"], *recipe)
+        if p["agora_reference"] == "pool":
+            runs["reference"] = os.path.join(out, task, "reference")
+            bort("finetune", *base, "--data-dir", heldout["pool"], "--output-dir",
+                 runs["reference"], *recipe)
+        else:
+            runs["reference"] = runs["plain"]
+        with open(os.path.join(runs["reference"], "result.json")) as f:
+            reference = json.load(f)["model"]
+        runs["agora"] = os.path.join(out, task, "agora")
+        bort("agora", *base, *data, "--output-dir", runs["agora"], "--epochs", p["agora_epochs"],
+             "--warmup-ratio", p["finetune_warmup_ratio"], "--reference-checkpoint", reference,
+             "--reference-config", config_path, "--grid", grid, "--generator", "mlm,swap",
+             *rounds)
+        results[task] = {}
+        for name, path in runs.items():
+            with open(os.path.join(path, "result.json")) as f:
+                result = json.load(f)
+            results[task][name] = {"dev": result["dev"], "heldout": score_heldout(
+                fw, task, config_path, result["model"], heldout["labelled"]) if heldout else None}
+            if name == "agora":
+                results[task][name].update(runs=result["runs"], rounds=result["rounds"])
     return {"tasks": results}
+
+
+def _demo_tasks(p: Dict) -> bool:
+    from bort_core.data.demo import DEMO_TASKS
+
+    return not p["data_dir"] and set(p["tasks"]) <= set(DEMO_TASKS)
+
+
+def demo_task_copies(out: str) -> Dict[str, str]:
+    """The demo tasks regenerated from the embedded corpus under `out`: `pool` (train.tsv holds
+    the reference's pool) and `labelled` (test.tsv holds the held-out split with its labels)."""
+    from bort_core.data import demo
+    from bort_core.data.pretraining import read_documents
+
+    docs = list(read_documents(demo.CORPUS_PATH))
+    dirs = {"pool": os.path.join(out, "tasks-pool"), "labelled": os.path.join(out, "tasks-labelled")}
+    demo.make_demo_tasks(docs, dirs["pool"], pool=True)
+    demo.make_demo_tasks(docs, dirs["labelled"], labelled_test=True)
+    return dirs
+
+
+def score_heldout(framework: str, task_name: str, config: str, model_path: str, data_dir: str,
+                  max_len: int = 512) -> Dict[str, float]:
+    """The task's metrics of a fine-tuned model on `data_dir`'s labelled test split (the dev
+    layout), with the embedded demo vocabulary."""
+    from bort_core import checkpoint as ckpt
+    from bort_core import finetune as ft
+    from bort_core.backend import get_backend
+    from bort_core.data.tasks import featurize, get_task
+    from bort_core.tokenizer import load_tokenizer
+
+    task = get_task(task_name)
+    head = ckpt.split_classifier(ckpt.load_params(model_path))[1]
+    cfg = ft.resolve_config(config, model_path, ckpt.classifier_layout(head, model_path)[1])
+    examples = task.read(task, "dev", task.path(data_dir, "test")).examples
+    data = ft.TaskData("heldout", examples, featurize(examples, task, load_tokenizer(None),
+                                                      min(max_len, cfg.max_length)))
+    backend = get_backend(framework)
+    model = backend.load(cfg, model_path, ft.num_outputs(task))
+    return ft.score_split(backend, model, task, data, 64)["metrics"]
 
 
 # ------------------------------------------------------------------------------------ parity
@@ -387,13 +454,48 @@ def _verdict(ok) -> str:
     return "PASS" if ok else "FAIL"
 
 
+# Plain fine-tuning "learns" a demo task when its held-out score reaches this (chance: accuracy
+# 0.5 on the balanced binary tasks, Pearson 0 on the regression).
+TASK_MIN_SCORE = {"accuracy": 0.60, "pearson": 0.30}
+
+
+def _finetune_findings(s: Dict) -> List[str]:
+    """Fine-tuning's findings per framework, on the tasks scored on a labelled held-out split:
+    each task learned, the reference above the student, Agora's held-out gain."""
+    from bort_core.data.tasks import get_task
+    from bort_core.finetune import selection_score
+
+    lines = []
+    for fw in s["frameworks"]:
+        tasks = {name: f for name, f in s["results"][fw]["finetune"].items() if f["plain"]["heldout"]}
+        if not tasks:
+            continue
+        key = {name: get_task(name).metrics[0] for name in tasks}
+        plain = {n: f["plain"]["heldout"][key[n]] for n, f in tasks.items()}
+        lines.append("- %s: fine-tuning learns each task (plain, held-out: %s): %s: %s" % (
+            fw, ", ".join("%s >= %.2f" % kv for kv in sorted(TASK_MIN_SCORE.items())),
+            ", ".join("%s %s %.4f" % (n, key[n], v) for n, v in plain.items()),
+            _verdict(all(v >= TASK_MIN_SCORE.get(key[n], 0.0) for n, v in plain.items()))))
+        dev = {n: [selection_score(get_task(n), list(f[run]["dev"].values()))
+                   for run in ("reference", "plain")] for n, f in tasks.items()}
+        lines.append("- %s: Agora's reference above the plain student (dev): %s: %s" % (
+            fw, ", ".join("%s %.4f vs %.4f" % (n, r, p) for n, (r, p) in dev.items()),
+            _verdict(all(r > p for r, p in dev.values()))))
+        gain = {n: f["agora"]["heldout"][key[n]] - plain[n] for n, f in tasks.items()}
+        mean = sum(gain.values()) / len(gain)
+        lines.append("- %s: Agora's held-out gain over plain (mean over the tasks): %+.4f (%s): %s"
+                     % (fw, mean, ", ".join("%s %+.4f" % kv for kv in gain.items()),
+                        _verdict(mean > 0)))
+    return lines + [""] if lines else []
+
+
 def _markdown(s: Dict) -> str:
     r = s["results"]
     t = r["teacher"]
     lines = ["# bort reproduce (%s preset, %s)" % (s["preset"], " + ".join(s["frameworks"])), "",
              "Teacher %s: held-out MLM loss %s -> %s" % (
                  t["config_name"], _fmt((t["eval_before"] or {}).get("mlm_loss")),
-                 _fmt((t["eval_after"] or {}).get("mlm_loss"))), ""]
+                 _fmt((t["eval_after"] or {}).get("mlm_loss"))), ""] + _finetune_findings(s)
     for fw in s["frameworks"]:
         st, e = r[fw], r[fw]["extracted"]
         lines += ["## %s" % fw, "",
@@ -401,12 +503,14 @@ def _markdown(s: Dict) -> str:
                   % (e["name"], e["D"], e["A"], e["H"], e["I"]),
                   "- distillation pretraining, held-out: distillation loss %s; MLM loss %s; MLM "
                   "accuracy %s" % tuple(_change(st, k) for k in ("kd_loss", "mlm_loss", "mlm_acc")),
-                  "", "| task | plain fine-tuning (dev) | Agora (dev) | Agora runs |",
-                  "|---|---|---|---|"]
+                  "", "| task | plain dev | plain held-out | reference dev | Agora dev | Agora "
+                  "held-out | Agora runs |", "|---|---|---|---|---|---|---|"]
         for task, f in st["finetune"].items():
-            lines.append("| %s | %s | %s | %d in %d rounds |" % (
-                task, _metrics(f["plain"]), _metrics(f["agora"]), f["agora_runs"],
-                f["agora_rounds"]))
+            lines.append("| %s | %s | %s | %s | %s | %s | %d in %d rounds |" % (
+                task, _metrics(f["plain"]["dev"]), _metrics({"": f["plain"]["heldout"] or {}}),
+                _metrics(f["reference"]["dev"]), _metrics(f["agora"]["dev"]),
+                _metrics({"": f["agora"]["heldout"] or {}}), f["agora"]["runs"],
+                f["agora"]["rounds"]))
         lines.append("")
     if "parity" in r:
         par = r["parity"]

@@ -11,19 +11,23 @@ bort_tiny pretrained here without a teacher stayed at chance on every demo task.
    from the embedded corpus (`bort create-pretraining-data`, length 128) and a small student
    pretrained on them without a teacher (`bort pretrain`, --config, --pretrain-steps).
 2. The reference (once per task, cached under OUT/<task>/reference): Agora assumes a reference
-   model better than the student, as the paper's fine-tuned large models were. By default a
-   larger config (--reference, roberta_tiny: 4 layers, 256 units) fine-tuned on the task from
-   random initialisation, or from --reference-checkpoint (e.g. the teacher that `bort reproduce`
-   pretrains, as the paper's reference was its fine-tuned teacher), with --reference-epochs,
-   --reference-lr, seed 0; --reference plain uses each seed's best plain run instead (a
-   reference no better than the baseline it must beat).
+   model better than the student, as the paper's fine-tuned large models were. By default
+   (--reference pool, as `bort reproduce` does) the pretrained student fine-tuned, --epochs at
+   --reference-lr, seed 0, on the task's reference pool: REFERENCE_POOL_SIZE labelled examples
+   the student never trains on (`make_demo_tasks(pool=True)`). --reference CONFIG fine-tunes
+   that config from random initialisation, or from --reference-checkpoint (e.g. a teacher, as
+   the paper's reference was its fine-tuned teacher), for --reference-epochs on the train split;
+   --reference plain uses each seed's best plain run instead (a reference no better than the
+   baseline it must beat).
 3. Per demo task and per benchmark seed s: a grid of hyper-parameter sets (every --lrs value x
    --grid-seeds fine-tuning seeds derived from s). Plain: one fine-tuning run per set from the
    pretrained checkpoint; its score is the best dev score over the grid. Agora: the same grid,
    the same epochs and batch size, the reference above, generator seed s.
-4. A markdown table per task (best plain and Agora scores on dev and held-out, Agora's best
-   round, fine-tuning runs, wall time) with the mean over seeds, Agora's per-round runs and seconds from its
-   agora_log.json, written to OUT/bench_agora.md and OUT/bench_agora.json.
+4. A markdown table per task (best plain and Agora scores on dev and held-out, the paired
+   held-out gain, Agora's best round, fine-tuning runs, wall time) with the mean over seeds,
+   Agora's per-round runs and seconds from its agora_log.json, then the paired held-out gain per
+   task (mean over seeds, seeds with a gain) and its mean over the tasks, written to
+   OUT/bench_agora.md and OUT/bench_agora.json.
 
 Agora's round 1 is the plain grid on the unchanged train set, and Agora returns its best model
 over all rounds, both chosen on dev: when fine-tuning repeats itself for a seed, Agora's dev
@@ -75,17 +79,18 @@ def parse_args(argv=None):
     a("--lrs", default="5e-4,1e-3", help="fine-tuning learning rates of the grid")
     a("--grid-seeds", type=int, default=2, help="fine-tuning seeds per lr in the grid")
     a("--weight-decay", type=float, default=0.01)
-    a("--epochs", type=int, default=3)
+    a("--epochs", type=int, default=6)
     a("--batch-size", type=int, default=16)
     a("--max-len", type=int, default=128)
-    a("--reference", default="roberta_tiny", help="the reference: a config fine-tuned once per "
-      "task from random initialisation, or 'plain' for each seed's best plain run (default "
-      "%(default)s)")
+    a("--reference", default="pool", help="the reference: 'pool' (the student fine-tuned on "
+      "the task's reference pool), a config fine-tuned once per task from random "
+      "initialisation, or 'plain' for each seed's best plain run (default %(default)s)")
     a("--reference-checkpoint", help="pretrained weights of the --reference config to "
       "fine-tune from, e.g. runs/reproduce/teacher/ckpt/0000100.params (default: random "
       "initialisation)")
     a("--reference-epochs", type=int, default=5)
-    a("--reference-lr", type=float, default=1e-4)
+    a("--reference-lr", type=float, help="default: 1e-3 with --reference pool (the demo "
+      "preset's fine-tuning lr), else 1e-4")
     a("--generator", default="mlm,swap")
     a("--points-per-mistake", type=int, default=2)
     a("--teachable-only", action="store_true", help="Agora generates points only near the "
@@ -98,9 +103,11 @@ def parse_args(argv=None):
     if unknown:
         p.error("--tasks: %s not among the demo tasks (%s)" % (", ".join(unknown),
                                                                ", ".join(TASKS)))
-    if args.reference_checkpoint and args.reference == "plain":
-        p.error("--reference-checkpoint: --reference plain takes each seed's best plain run; "
-                "give --reference a config to fine-tune from that checkpoint")
+    if args.reference_checkpoint and args.reference in ("plain", "pool"):
+        p.error("--reference-checkpoint: --reference %s fine-tunes no config of its own; "
+                "give --reference a config to fine-tune from that checkpoint" % args.reference)
+    if args.reference_lr is None:
+        args.reference_lr = 1e-3 if args.reference == "pool" else 1e-4
     if args.reference_checkpoint and not os.path.exists(args.reference_checkpoint):
         p.error("--reference-checkpoint %s does not exist" % args.reference_checkpoint)
     return args
@@ -216,20 +223,26 @@ def plain_grid(backend, args, task, checkpoint, grid, out, tokenizer):
     return {"runs": runs, "best": best, "seconds": time.time() - t0}
 
 
-def reference_model(backend, args, task, out, tokenizer):
-    """The task's reference: --reference fine-tuned from --reference-checkpoint or from
-    random initialisation (cached)."""
+def reference_model(backend, args, task, checkpoint, out, tokenizer):
+    """The task's reference (cached): the student `checkpoint` fine-tuned on the task's
+    reference pool (--reference pool), or --reference fine-tuned from --reference-checkpoint or
+    from random initialisation."""
     done = os.path.join(out, "done.json")
-    key = {"config": args.reference, "checkpoint": args.reference_checkpoint,
-           "epochs": args.reference_epochs, "lr": args.reference_lr,
-           "batch_size": args.batch_size, "max_len": args.max_len}
+    pool = args.reference == "pool"
+    key = {"config": args.config if pool else args.reference,
+           "checkpoint": checkpoint if pool else args.reference_checkpoint,
+           "epochs": args.epochs if pool else args.reference_epochs, "lr": args.reference_lr,
+           "batch_size": args.batch_size, "max_len": args.max_len,
+           "data_dir": os.path.join(args.out, "pool") if pool else None}
     info = cached(done, key, "model")
     if info:
         return info
     t0 = time.time()
-    opts = ft.FinetuneOptions(task=task, config=args.reference,
-                              checkpoint=args.reference_checkpoint, output_dir=out, overwrite=True,
-                              epochs=args.reference_epochs, batch_size=args.batch_size,
+    if pool:
+        demo.make_demo_tasks(list(read_documents(demo.CORPUS_PATH)), key["data_dir"], pool=True)
+    opts = ft.FinetuneOptions(task=task, config=key["config"], checkpoint=key["checkpoint"],
+                              data_dir=key["data_dir"], output_dir=out, overwrite=True,
+                              epochs=key["epochs"], batch_size=args.batch_size,
                               dev_batch_size=64, lr=args.reference_lr,
                               weight_decay=args.weight_decay, max_len=args.max_len,
                               warmup_ratio=0.1, seed=0)
@@ -325,8 +338,8 @@ def main(argv=None):
     for task in args.tasks.split(","):
         rows, ref = [], None
         if args.reference != "plain":
-            ref = reference_model(backend, args, task, os.path.join(args.out, task, "reference"),
-                                  tokenizer)
+            ref = reference_model(backend, args, task, checkpoint,
+                                  os.path.join(args.out, task, "reference"), tokenizer)
         for seed in seeds:
             out = os.path.join(args.out, task, "seed%d" % seed)
             if os.path.exists(out) and args.overwrite:
@@ -346,7 +359,7 @@ def main(argv=None):
             if ref is None:
                 reference, reference_config = plain["best"]["model"], None
             else:
-                reference, reference_config = ref["model"], args.reference
+                reference, reference_config = ref["model"], ref["key"]["config"]
             result = run_agora(backend, fw, args, task, checkpoint, grid, reference,
                                reference_config, seed, os.path.join(out, "agora"), tokenizer)
             first = result["per_round"][0]
@@ -376,12 +389,27 @@ def main(argv=None):
         lines, mean = table(task, rows)
         md += lines
         if ref is not None:
-            ref["heldout"] = heldout_score(backend, t, args.reference, ref["model"],
+            ref["heldout"] = heldout_score(backend, t, ref["key"]["config"], ref["model"],
                                            heldout[task])
-            md += ["Reference: %s fine-tuned from %s, dev %.4f, held-out %.4f (%.0fs)." % (
-                args.reference, args.reference_checkpoint or "random initialisation",
-                ref["score"], ref["heldout"], ref["seconds"]), ""]
+            source = ("the student on the reference pool" if args.reference == "pool" else
+                      "%s from %s" % (args.reference, args.reference_checkpoint
+                                      or "random initialisation"))
+            md += ["Reference: %s, dev %.4f, held-out %.4f (%.0fs)." % (
+                source, ref["score"], ref["heldout"], ref["seconds"]), ""]
         report["tasks"][task] = {"rows": rows, "mean": mean, "reference": ref}
+    gains = {task: [r["agora_heldout"] - r["plain_heldout"] for r in info["rows"]]
+             for task, info in report["tasks"].items()}
+    md += ["## Agora's paired held-out gain over the best plain run", "",
+           "| task | gain per seed | mean gain | seeds with a gain |", "|---|---|---|---|"]
+    md += ["| %s | %s | %+.4f | %d of %d |" % (task, ", ".join("%+.4f" % g for g in gain),
+                                                np.mean(gain), sum(g > 0 for g in gain), len(gain))
+           for task, gain in gains.items()]
+    report["heldout_gain"] = {task: {"per_seed": gain, "mean": float(np.mean(gain)),
+                                     "seeds_gaining": int(sum(g > 0 for g in gain))}
+                              for task, gain in gains.items()}
+    report["mean_heldout_gain"] = float(np.mean([g["mean"] for g in
+                                                 report["heldout_gain"].values()]))
+    md += ["", "Mean over the tasks: %+.4f." % report["mean_heldout_gain"], ""]
     report["seconds"] = time.time() - start
     md += ["Settings: %s" % json.dumps({k: v for k, v in vars(args).items() if k != "out"}),
            "", "Wall time of this invocation: %.0fs" % report["seconds"], ""]

@@ -197,7 +197,8 @@ def write_vocabulary(documents: Sequence[Sequence[str]], vocab_size: int, out_di
 
 # ------------------------------------------------------------------------------------ demo tasks
 
-DEMO_TASK_SIZES = {"train": 2000, "dev": 400, "test": 400}
+DEMO_TASK_SIZES = {"train": 500, "dev": 400, "test": 400}
+REFERENCE_POOL_SIZE = 2000       # labelled train examples for Agora's reference only
 
 
 def _split_documents(documents, seed):
@@ -215,50 +216,88 @@ def _write_tsv(path, header, rows):
         f.writelines("\t".join(str(c) for c in row) + "\n" for row in rows)
 
 
-def make_demo_tasks(documents: Sequence[Sequence[str]], out_dir: str, seed: int = 7,
-                    labelled_test: bool = False) -> None:
-    """Write the three demo tasks (labels balanced; test files unlabelled, as on GLUE, unless
-    `labelled_test`: then the test split is written in the dev layout, labels included, as a
-    held-out set for benchmarks).
+def _typo_positions(word: str) -> List[int]:
+    """Where two adjacent, different letters inside `word` (first and last kept) can swap."""
+    return [p for p in range(1, len(word) - 2)
+            if word[p].isalpha() and word[p + 1].isalpha() and word[p] != word[p + 1]]
 
-    demo-pair (WNLI layout): is sentence2 the sentence right after sentence1 (1) or a sentence
-        from another document (0)?
+
+def with_typos(words: Sequence[str], share: float, rng) -> Tuple[List[str], float]:
+    """`words` with a typo (two adjacent inner letters swapped) in round(share * n) of the n
+    words that can take one; returns them and the share actually mistyped."""
+    words = list(words)
+    eligible = [j for j, w in enumerate(words) if _typo_positions(w)]
+    chosen = rng.sample(eligible, int(round(share * len(eligible))))
+    for j in chosen:
+        w = words[j]
+        p = rng.choice(_typo_positions(w))
+        words[j] = w[:p] + w[p + 1] + w[p] + w[p + 2:]
+    return words, len(chosen) / max(1, len(eligible))
+
+
+def _shuffled(words: Sequence[str], rng) -> List[str]:
+    out = list(words)
+    while out == list(words):
+        rng.shuffle(out)
+    return out
+
+
+def _task_rows(sents: Sequence[str], n: int, rng) -> Dict[str, list]:
+    """`n` examples of each task from `sents` (sentences of at least three typo-able words),
+    labels alternating 0/1 on the binary tasks."""
+    rows = {name: [] for name in DEMO_TASKS}
+    for i in range(n):
+        words = rng.choice(sents).split()
+        if i % 2:
+            dropped = list(words)
+            del dropped[rng.randrange(len(dropped))]
+            second = dropped
+        else:
+            second = with_typos(words, rng.uniform(0.2, 0.6), rng)[0]
+        rows["demo-pair"].append((" ".join(words), " ".join(second), i % 2))
+
+        words = rng.choice(sents).split()
+        rows["demo-single"].append((" ".join(words if i % 2 else _shuffled(words, rng)), i % 2))
+
+        words = rng.choice(sents).split()
+        typed, share = with_typos(words, rng.randint(0, 10) / 10.0, rng)
+        rows["demo-regression"].append((" ".join(words), " ".join(typed),
+                                        "%.3f" % (5.0 * (1.0 - share))))
+    return rows
+
+
+def make_demo_tasks(documents: Sequence[Sequence[str]], out_dir: str, seed: int = 7,
+                    labelled_test: bool = False, pool: bool = False) -> None:
+    """Write the three demo tasks (labels balanced; test files unlabelled, as on GLUE, unless
+    `labelled_test`: then the test split is written in the dev layout, labels included, as the
+    held-out set that no run trains or selects on).
+
+    demo-pair (WNLI layout): is sentence2 a faithful copy of sentence1, one word dropped (1), or
+        a copy with typos (two adjacent letters swapped) in 20-60% of its words (0)?
     demo-single (SST-2 layout): is the sentence as written (1) or with its words shuffled (0)?
-    demo-regression (STS-B layout): sentence2 is sentence1 with a share r of its words replaced
-        by words of other sentences; the score is 5 * (1 - r).
+    demo-regression (STS-B layout): sentence2 is sentence1 with typos in a share r of its
+        words (r in 0, 0.1, ..., 1); the score is 5 * (1 - r).
+
+    The train split is small (DEMO_TASK_SIZES), the setting Agora is for. With `pool`, train.tsv
+    holds instead REFERENCE_POOL_SIZE further examples drawn after the train examples from the
+    same documents (under 1% coincide with a train text by chance): the data of Agora's
+    reference model, which the student never trains on.
     """
     rng = random.Random(seed)
     for split, docs in _split_documents(documents, seed).items():
-        sents = [s for d in docs for s in d]
-        multi = [d for d in docs if len(d) > 1]
-        pair, single, regression = [], [], []
-        for i in range(DEMO_TASK_SIZES[split]):
-            doc = rng.choice(multi)
-            k = rng.randrange(len(doc) - 1)
-            other = rng.choice(sents)
-            while other in doc:
-                other = rng.choice(sents)
-            pair.append((doc[k], doc[k + 1], 1) if i % 2 else (doc[k], other, 0))
-
-            sent = rng.choice(sents)
-            words = sent.split()
-            while i % 2 == 0 and " ".join(words) == sent:
-                rng.shuffle(words)
-            single.append((" ".join(words), i % 2))
-
-            first = rng.choice(sents)
-            words = first.split()
-            share = rng.randint(0, 10) / 10.0
-            for j in rng.sample(range(len(words)), int(round(share * len(words)))):
-                words[j] = rng.choice(rng.choice(sents).split())
-            regression.append((first, " ".join(words), "%.3f" % (5.0 * (1.0 - share))))
-
+        sents = [s for d in docs for s in d
+                 if sum(1 for w in s.split() if _typo_positions(w)) >= 3]
+        size = DEMO_TASK_SIZES[split]
+        rows = _task_rows(sents, size + (REFERENCE_POOL_SIZE if split == "train" else 0), rng)
+        if split == "train":
+            rows = {name: r[size:] if pool else r[:size] for name, r in rows.items()}
         for name in DEMO_TASKS:
             os.makedirs(os.path.join(out_dir, name), exist_ok=True)
 
         def path(name, split=split):
             return os.path.join(out_dir, name, split + ".tsv")
 
+        pair, single, regression = (rows[name] for name in DEMO_TASKS)
         unlabelled = split == "test" and not labelled_test
         if unlabelled:
             _write_tsv(path("demo-pair"), ["index", "sentence1", "sentence2"],

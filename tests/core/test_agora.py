@@ -14,6 +14,7 @@ from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
 from bort_core.cli import main
 from bort_core.data import tasks as tk
+from bort_core.data.demo import DEMO_TASK_SIZES
 from bort_core.tokenizer import load_tokenizer
 
 SPECIAL = load_tokenizer().special_ids            # (0, 1, 2, 3, 4095): <s> <pad> </s> <unk> <mask>
@@ -286,7 +287,7 @@ def test_run_agora_halves_the_grid_grows_train_and_writes_outputs(tmp_path, refe
         assert r["points_added"] == r["dev_mistakes"] > 0
     assert rounds[-1]["points_added"] == 0 and rounds[-1]["dev_mistakes"] > 0   # none after
     sizes = [r["train_size"] for r in rounds]
-    assert sizes[0] == 2000 + rounds[0]["points_added"]
+    assert sizes[0] == DEMO_TASK_SIZES["train"] + rounds[0]["points_added"]
     assert sizes[1] - sizes[0] == rounds[1]["points_added"] and sizes[2] == sizes[1]
 
     out = tmp_path / "agora"

@@ -39,11 +39,15 @@ def test_tasks_are_reproduced_from_the_shipped_corpus_and_test_labels_can_be_kep
     docs = list(read_documents(demo.CORPUS_PATH))
     demo.make_demo_tasks(docs, str(tmp_path / "plain"))
     demo.make_demo_tasks(docs, str(tmp_path / "labelled"), labelled_test=True)
+    demo.make_demo_tasks(docs, str(tmp_path / "pool"), pool=True)
     for name in demo.DEMO_TASKS:
         for split in ("train", "dev", "test"):
             rel = os.path.join(name, split + ".tsv")
             assert filecmp.cmp(str(tmp_path / "plain" / rel), os.path.join(demo.TASKS_DIR, rel),
                                shallow=False), rel
+            if split != "train":    # the reference's pool replaces train only
+                assert filecmp.cmp(str(tmp_path / "pool" / rel), os.path.join(demo.TASKS_DIR, rel),
+                                   shallow=False), rel
         task = get_task(name)
         shipped = task.read(task, "test", os.path.join(demo.TASKS_DIR, name, "test.tsv"))
         held = task.read(task, "dev", str(tmp_path / "labelled" / name / "test.tsv"))
@@ -54,6 +58,13 @@ def test_tasks_are_reproduced_from_the_shipped_corpus_and_test_labels_can_be_kep
         if task.class_labels:
             assert sorted(set(labels)) == sorted(task.class_labels)
             assert labels.count(task.class_labels[0]) == len(labels) // 2
+        train = task.read(task, "train", os.path.join(demo.TASKS_DIR, name, "train.tsv"))
+        pool = task.read(task, "train", str(tmp_path / "pool" / name / "train.tsv"))
+        assert len(train.examples) == demo.DEMO_TASK_SIZES["train"]
+        assert len(pool.examples) == demo.REFERENCE_POOL_SIZE
+        # separate draws from the same documents: under 1% coincide with a train text
+        assert len({e.texts for e in pool.examples} & {e.texts for e in train.examples}) \
+            < len(pool.examples) // 100
 
 
 def _shipped_python():

@@ -311,7 +311,7 @@ def test_demo_tasks_read_from_the_embedded_copy(tok):
         task = T.get_task(name)
         assert task.benchmark == "demo" and "glue" not in task.name
         train = T.read_split(task, "train")
-        assert len(train.examples) == 2000 and all(len(e.texts) == head for e in train.examples)
+        assert len(train.examples) == 500 and all(len(e.texts) == head for e in train.examples)
         assert all(e.label is None for e in T.read_split(task, "test").examples)
 
 

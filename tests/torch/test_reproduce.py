@@ -34,7 +34,11 @@ def test_pipeline_resumes_and_repeats_itself(small_preset, tmp_path, capsys):
     assert res["torch"]["pretrain_eval_after"]["kd_loss"] < res["torch"]["pretrain_eval_before"]["kd_loss"]
     assert res["teacher"]["eval_after"]["mlm_loss"] < res["teacher"]["eval_before"]["mlm_loss"]
     task = res["torch"]["finetune"]["demo-single"]
-    assert task["plain"] and task["agora"] and task["agora_runs"] >= 2
+    assert task["agora"]["runs"] >= 2 and task["agora"]["heldout"]["accuracy"] > 0
+    assert task["plain"]["heldout"]["accuracy"] > 0
+    assert task["reference"]["dev"] != task["plain"]["dev"]    # fine-tuned on the pool
+    summary_md = open(os.path.join(out, "summary.md")).read()
+    assert "fine-tuning learns each task" in summary_md and "Agora's held-out gain" in summary_md
     for name in ("summary.md", "summary.json", "loss_curves.png", "pareto_torch.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     capsys.readouterr()
