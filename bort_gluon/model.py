@@ -5,6 +5,12 @@ that 0.10 changed put back (see ../shared/reference/original-code.md):
 - a dropout (`embed_dropout`) right after the word embedding (0.10 dropped it);
 - the MLM decoder's LayerNorm uses eps 1e-12 (`decoder_layer_norm_eps`), not the encoder's.
 Parameter names are the canonical ones (`bort_core.arch.canonical_shapes`).
+
+Fast path (switchable, parameters untouched; the twin of bort_torch's unpadded encoder):
+`set_unpadded` runs every position-wise op (embeddings, projections, FFN, LayerNorm, dropout)
+on the real tokens only, gathered into (N, U) rows (`Packing`); the attention scatters its
+QKV rows to (L, B, 3U) for MXNet's interleaved self-attention operators and gathers back.
+`hybridize_for_speed` adds static_alloc/static_shape and, optionally, oneDNN graph fusion.
 """
 from __future__ import annotations
 
@@ -17,18 +23,107 @@ from bort_core import checkpoint as ckpt
 from bort_core.configs import BortConfig, get_config
 
 
+class Packing:
+    """The real tokens of a padded (B, L) batch as N rows, computed on the host from
+    valid_length: index arrays (int32, on valid_length's context) that gather and scatter.
+
+    - `rows` (N,): flat batch-major position b * L + l of each real token, sequence by sequence;
+    - `positions` (N,): its position l (for the position embedding);
+    - `slots` (L, B): the row each time-major position reads for the attention (padding reads
+      row 0: its keys are masked out and its queries' outputs dropped);
+    - `order` (N,): each row's time-major position l * B + b (gathers the attention output);
+    - `scatter` (B, L): each position's row, N (an appended zero row) for padding.
+    """
+
+    def __init__(self, valid_length, seq_len: int):
+        lengths = np.clip(valid_length.asnumpy().astype(np.int64), 0, seq_len)
+        real = np.arange(seq_len)[None, :] < lengths[:, None]            # (B, L)
+        rows = np.flatnonzero(real)
+        row_of = np.zeros(real.size, dtype=np.int64)
+        row_of[rows] = np.arange(rows.size)
+        row_of = row_of.reshape(real.shape)
+        batch, positions = np.divmod(rows, seq_len)
+        arrays = (rows, positions, np.where(real, row_of, 0).T,
+                  positions * real.shape[0] + batch, np.where(real, row_of, rows.size))
+        self.size = rows.size
+        self.arrays = [mx.nd.array(a, ctx=valid_length.context, dtype="int32") for a in arrays]
+
+
+def _value(F, param, like):
+    """A child block's parameter inside a parent's hybrid_forward: its variable while
+    tracing, its data on `like`'s context when imperative."""
+    return param.var() if F is mx.sym else param.data(like.context)
+
+
+def _packed_cell(F, cell, x, attention_length, slots, order):
+    """One GluonNLP BERTEncoderCell on packed (N, U) rows: the fused QKV projection on the
+    rows, MXNet's interleaved self-attention on the (L, B, 3U) scatter, the rest on rows."""
+    att = cell.attention_cell
+    heads = att._num_heads
+    weights = [_value(F, p, x).reshape((heads, -1, 0), reverse=True)
+               for p in (att.query_weight, att.key_weight, att.value_weight)]
+    biases = [_value(F, p, x).reshape((heads, -1), reverse=True)
+              for p in (att.query_bias, att.key_bias, att.value_bias)]
+    # per head [q; k; v]: the layout interleaved_matmul_selfatt_* reads
+    weight = F.concat(*weights, dim=-2).reshape((-1, 0), reverse=True)
+    bias = F.stack(*biases, axis=1).reshape((-1,))
+    qkv = F.FullyConnected(x, weight, bias, num_hidden=3 * att.units, flatten=False)
+    qkv = F.take(qkv, slots)                                                    # (L, B, 3U)
+    scores = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=heads)
+    probs = att.dropout_layer(F.softmax(scores, length=attention_length, use_length=True,
+                                        axis=-1))
+    context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, probs, heads=heads)
+    out = cell.proj(F.take(context.reshape((-1, 0), reverse=True), order))      # (N, U)
+    if cell._dropout:
+        out = cell.dropout_layer(out)
+    return cell.ffn(cell.layer_norm(out + x))
+
+
+class BortEncoder(BERTEncoder):
+    """GluonNLP's BERTEncoder, plus the unpadded path: given `packing` (Packing.arrays but
+    `rows`), `inputs` are the real tokens' embedding rows (N, U) and the result is the
+    batch-major (B, L, U) output, zero at padding. Without it, GluonNLP's own forward runs."""
+
+    unpadded = True
+
+    def __call__(self, inputs, states=None, valid_length=None, packing=None):
+        return HybridBlock.__call__(self, inputs, states, valid_length, packing)
+
+    def hybrid_forward(self, F, inputs, states=None, valid_length=None, packing=None,
+                       position_weight=None):
+        if packing is None:
+            return super().hybrid_forward(F, inputs, states, valid_length,
+                                          position_weight=position_weight)
+        positions, slots, order, scatter = packing
+        x = inputs + F.take(position_weight, positions)
+        if self._dropout:
+            x = self.dropout_layer(x)
+        x = self.layer_norm(x)
+        heads = self.transformer_cells[0].attention_cell._num_heads
+        length = F.broadcast_add(F.cast(valid_length, "int32").reshape((-1, 1)),
+                                 F.zeros_like(scatter))
+        length = F.broadcast_axis(length.expand_dims(1), axis=1, size=heads)
+        length = length.reshape((-1, 0), reverse=True)                     # (B * heads, L)
+        for cell in self.transformer_cells:
+            x = _packed_cell(F, cell, x, length, slots, order)
+        zero = F.zeros_like(F.slice_axis(x, axis=0, begin=0, end=1))
+        return F.take(F.concat(x, zero, dim=0), scatter), []
+
+
 class BortModel(BERTModel):
     """Bort/BERT/RoBERTa backbone: embeddings, post-LN encoder, optional tied MLM decoder.
 
     Call as `model(inputs, valid_length=None, masked_positions=None, token_types=None)`:
     returns the sequence output (B, L, H), plus the MLM logits (B, M, V) when
     `masked_positions` is given to a model built with `use_decoder=True`. Positions beyond
-    `valid_length` are zero in the output.
+    `valid_length` are zero in the output. With a `valid_length` NDArray the unpadded path
+    runs (see `set_unpadded`), except while a forward hook sits on the embedding LayerNorm or
+    a cell (hooks such as parity.dump's taps read GluonNLP's (L, B, U) outputs there).
     """
 
     def __init__(self, config: BortConfig, use_decoder: bool = True, prefix=None, params=None):
         self.config = config
-        encoder = BERTEncoder(num_layers=config.num_layers, units=config.units,
+        encoder = BortEncoder(num_layers=config.num_layers, units=config.units,
                               hidden_size=config.hidden_size, max_length=config.max_length,
                               num_heads=config.num_heads, dropout=config.dropout,
                               activation=config.activation, layer_norm_eps=config.layer_norm_eps)
@@ -56,15 +151,38 @@ class BortModel(BERTModel):
             decoder.add(nn.Dense(vocab_size, flatten=False, params=embed.collect_params()))
         return decoder
 
-    def __call__(self, inputs, valid_length=None, masked_positions=None, token_types=None):
+    def packing(self, inputs, valid_length):
+        """Packing.arrays for an imperative call on the unpadded path, else None."""
+        encoder = self.encoder
+        if not encoder.unpadded or not isinstance(valid_length, mx.nd.NDArray) or any(
+                b._forward_hooks for b in (encoder.layer_norm, *encoder.transformer_cells)):
+            return None
+        packing = Packing(valid_length, inputs.shape[1])
+        return packing.arrays if packing.size else None
+
+    def __call__(self, inputs, valid_length=None, masked_positions=None, token_types=None,
+                 packing=None):
         # BERTModel's slot order is (inputs, token_types, ...); an empty list stands for "none",
-        # and a model with token types reads all-zero types unless told otherwise.
+        # and a model with token types reads all-zero types unless told otherwise. `packing`
+        # is passed in by a parent block that traces this one (BortClassifier).
         if token_types is None:
             token_types = inputs.zeros_like() if self._use_token_type_embed else []
-        return HybridBlock.__call__(self, inputs, token_types, valid_length, masked_positions)
+        if packing is None:
+            packing = self.packing(inputs, valid_length)
+        return HybridBlock.__call__(self, inputs, token_types, valid_length, masked_positions,
+                                    packing)
 
-    def hybrid_forward(self, F, inputs, token_types, valid_length=None, masked_positions=None):
-        sequence, _ = self._encode_sequence(inputs, token_types, valid_length)
+    def hybrid_forward(self, F, inputs, token_types, valid_length=None, masked_positions=None,
+                       packing=None):
+        if packing is None:
+            sequence, _ = self._encode_sequence(inputs, token_types, valid_length)
+        else:
+            rows = packing[0]
+            embedding = self.word_embed(F.take(inputs.reshape((-1,)), rows))
+            if self._use_token_type_embed:
+                embedding = embedding + self.token_type_embed(
+                    F.take(token_types.reshape((-1,)), rows))
+            sequence, _ = self.encoder(embedding, None, valid_length, packing[1:])
         if masked_positions is None or not self._use_decoder:
             return sequence
         return sequence, self._decode(F, sequence, masked_positions)
@@ -90,10 +208,10 @@ class BortClassifier(HybridBlock):
             self.classifier.add(nn.Dense(units=num_classes, flatten=False))
 
     def __call__(self, inputs, valid_length=None):
-        return super().__call__(inputs, valid_length)
+        return super().__call__(inputs, valid_length, self.bort.packing(inputs, valid_length))
 
-    def hybrid_forward(self, F, inputs, valid_length=None):
-        sequence = self.bort(inputs, valid_length)
+    def hybrid_forward(self, F, inputs, valid_length=None, packing=None):
+        sequence = self.bort(inputs, valid_length, packing=packing)
         first = F.squeeze(F.slice_axis(sequence, axis=1, begin=0, end=1), axis=1)
         return self.classifier(first)
 
@@ -172,6 +290,24 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
     return model
 
 
+def set_unpadded(block: HybridBlock, enabled: bool = True) -> HybridBlock:
+    """Switch the encoders between running position-wise ops on the real tokens only (the
+    default) and GluonNLP's padded (B, L) forward. Parameters are untouched; a hybridized
+    block is re-traced at its next call."""
+    for child in _blocks(block):
+        if isinstance(child, BortEncoder):
+            child.unpadded = enabled
+    if isinstance(block, HybridBlock) and block._active:
+        block._clear_cached_op()
+    return block
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)
+
+
 def hybridize_for_speed(block: HybridBlock, static: bool = True) -> HybridBlock:
     """Hybridize with `static_alloc`/`static_shape`: one cached graph whose memory is planned
     once (recompiled only when input shapes change). Numerics are unchanged."""
@@ -182,8 +318,10 @@ def hybridize_for_speed(block: HybridBlock, static: bool = True) -> HybridBlock:
 def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> HybridBlock:
     """MXNet AMP conversion of a hybridized block that has run once (a SymbolBlock comes
     back; call it with the same positional inputs). AMP has no rule for GluonNLP's fused
-    self-attention operators, so those nodes stay float32. bfloat16 needs an MKLDNN CPU
-    build, float16 a GPU; anything else raises a ValueError that says so."""
+    self-attention operators, so those nodes stay float32. The block must run padded
+    (`set_unpadded(block, False)`): a SymbolBlock cannot compute the packing indices.
+    bfloat16 needs an MKLDNN CPU build, float16 a GPU; anything else raises a ValueError that
+    says so."""
     from mxnet.contrib import amp
 
     ctx = ctx or mx.cpu()
@@ -193,6 +331,9 @@ def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> H
         raise ValueError("float16 AMP needs a GPU context; on CPU use bfloat16")
     if not block._cached_graph:
         raise ValueError("to_low_precision: hybridize the block and run it once first")
+    if any(isinstance(b, BortEncoder) and b.unpadded for b in _blocks(block)):
+        raise ValueError("to_low_precision: switch the unpadded path off first "
+                         "(set_unpadded(block, False)), then run the block once")
     if dtype == "bfloat16" and ctx.device_type == "cpu":
         _check_cpu_bfloat16(ctx)
     keep = [name for name in block._cached_graph[1].get_internals().list_outputs()

@@ -588,6 +588,8 @@ class GluonRunner:
             self.model = gm.BortModel(config, use_decoder=train)
             gm.initialize_like_release(self.model, self.ctx)
         gm.set_params(self.model, params, spec["paths"]["params"])
+        if spec["dtype"] != "float32":   # AMP's SymbolBlock takes the padded inputs only
+            gm.set_unpadded(self.model, False)
         gm.hybridize_for_speed(self.model)
         self.plain = spec["framework"] == "gluonnlp"
         self.versions = {"mxnet": mx.__version__, "gluonnlp": gluonnlp.__version__}
