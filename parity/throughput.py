@@ -6,7 +6,9 @@ anchors need), starts every worker, then for each workload warms all of them up 
 `--repeats` rounds; each round gives every worker `--iters` timed steps, in a rotating
 order, so load from other processes on the machine falls on all of them alike. Medians are
 taken over all timed steps. A worker that cannot start (framework missing, no GPU, dtype not
-supported) becomes a record with an `error` and the others are still measured.
+supported) becomes a record with an `error` and the others are still measured. Every two
+frameworks measured on a workload make a pair whose tokens/s ratio the report shows
+(`pair_ratios`); `--expect-match R` turns the pairs into a verdict (`mismatches`).
 
 Frameworks:
   torch        bort_torch.BortModel with the fast paths (fused QKV + SDPA, inference_mode;
@@ -14,7 +16,8 @@ Frameworks:
   torch-compile  the same, through torch.compile (inference: inductor freezing, so weights
                are constants and GEMMs prepacked)
   torch-plain  the same model with the fused attention switched off (the plain reference)
-  gluon        bort_gluon.BortModel hybridized with static_alloc/static_shape
+  gluon        bort_gluon.BortModel with its unpadded encoder (fp32; AMP runs padded),
+               hybridized with static_alloc/static_shape
   gluonnlp     GluonNLP's own BERTModel (no Bort changes), hybridized the same way
   hf           HF transformers BertModel on the HF export of the same weights (SDPA)
   onnx         ONNX Runtime on `bort export-onnx` of the same weights
@@ -149,6 +152,57 @@ def ratio_table(records, base):
         cells = ["%.2fx" % (speeds[base] / speeds[c]) if c in speeds else "-" for c in configs]
         lines.append("| %s | %s | %d | %d | %.0f | %s |" % (fw, dtype, b, s, speeds[base],
                                                           " | ".join(cells)))
+    return "\n".join(lines)
+
+
+WORKLOAD = ("config", "dtype", "mode", "device", "batch", "seq")
+
+
+def pair_ratios(records):
+    """One row per two frameworks measured on the same workload (config, dtype, mode, device,
+    B, L), in the records' order: `a`, `b` and `ratio` = tokens/s of a over b."""
+    groups = {}
+    for r in records:
+        if not r.get("error"):
+            groups.setdefault(tuple(r.get(k) for k in WORKLOAD), []).append(r)
+    return [dict(zip(WORKLOAD, key), a=a["framework"], b=b["framework"],
+                 ratio=a["tokens_per_s"] / b["tokens_per_s"])
+            for key, group in groups.items()
+            for i, a in enumerate(group) for b in group[i + 1:]]
+
+
+def mismatches(rows, factor):
+    """The pair rows whose frameworks differ by more than `factor` (>= 1), either way."""
+    if not factor >= 1:
+        raise ValueError("--expect-match must be a factor >= 1 (got %s)" % factor)
+    return [r for r in rows if max(r["ratio"], 1 / r["ratio"]) > factor]
+
+
+def pairs_table(rows, factor=None):
+    """Markdown: each pair's tokens/s ratio per workload, then its median over the workloads
+    of a (config, dtype, mode) when there are several; with `factor`, a verdict column."""
+    medians = {}
+    for r in rows:
+        medians.setdefault((r["a"], r["b"], r["config"], r["dtype"], r["mode"]), []).append(
+            r["ratio"])
+    head = "| a / b | config | dtype | mode | B | L | tokens/s ratio |"
+    if factor:
+        head += " within %gx |" % factor
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def line(a, b, config, dtype, mode, batch, seq, ratio):
+        cells = "| %s / %s | %s | %s | %s | %s | %s | %.2fx |" % (a, b, config, dtype, mode,
+                                                                 batch, seq, ratio)
+        if factor:
+            cells += " %s |" % ("yes" if max(ratio, 1 / ratio) <= factor else "NO")
+        lines.append(cells)
+
+    for r in rows:
+        line(r["a"], r["b"], r["config"], r["dtype"], r["mode"], r["batch"], r["seq"], r["ratio"])
+    for (a, b, config, dtype, mode), ratios in medians.items():
+        if len(ratios) > 1:
+            line(a, b, config, dtype, mode, "median", "of %d" % len(ratios),
+                 float(np.median(ratios)))
     return "\n".join(lines)
 
 

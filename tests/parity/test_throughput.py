@@ -76,6 +76,45 @@ def test_tables_ratios_and_chart(tmp_path):
     assert tp.plot(records, str(tmp_path / "c.png")) and (tmp_path / "c.png").stat().st_size > 0
 
 
+def test_pair_ratios_and_the_match_verdict_on_given_numbers():
+    records = [_rec("torch", "bort", 1000.0), _rec("gluon", "bort", 850.0),
+               _rec("hf", "bort", 600.0), _rec("torch", "base", 100.0),
+               dict(_rec("gluon", "base", 1.0), error="worker exited")]
+    rows = tp.pair_ratios(records)
+    assert [(r["a"], r["b"], round(r["ratio"], 4)) for r in rows] == [
+        ("torch", "gluon", 1.1765), ("torch", "hf", 1.6667), ("gluon", "hf", 1.4167)]
+    assert tp.mismatches(rows, 2.0) == []
+    assert [(r["a"], r["b"]) for r in tp.mismatches(rows, 1.25)] == [("torch", "hf"),
+                                                                     ("gluon", "hf")]
+    slow = tp.pair_ratios([_rec("gluon", "bort", 100.0), _rec("torch", "bort", 130.0)])
+    assert len(tp.mismatches(slow, 1.25)) == 1 and not tp.mismatches(slow, 1.3)   # either way
+    with pytest.raises(ValueError, match="--expect-match"):
+        tp.mismatches(rows, 0.8)
+    table = tp.pairs_table(rows, 1.25)
+    assert "| torch / gluon | bort | float32 | inference | 8 | 128 | 1.18x | yes |" in table
+    assert "| gluon / hf | bort | float32 | inference | 8 | 128 | 1.42x | NO |" in table
+    preset = [dict(_rec(fw, "bort", tps), seq=seq) for seq, t, g in
+              ((32, 100.0, 90.0), (128, 100.0, 70.0), (512, 100.0, 85.0))
+              for fw, tps in (("torch", t), ("gluon", g))]
+    assert "| torch / gluon | bort | float32 | inference | median | of 3 | 1.18x |" in \
+        tp.pairs_table(tp.pair_ratios(preset))
+
+
+@pytest.mark.parametrize("factor, rc", [("1.25", 1), ("2", 0), ("0.5", 2)])
+def test_cli_expect_match_exit_status_and_report(tmp_path, monkeypatch, capsys, factor, rc):
+    records = [_rec("torch", "bort", 1000.0), _rec("gluon", "bort", 700.0)]
+    monkeypatch.setattr(tp, "run", lambda args, log: records)
+    out = tmp_path / "tp.json"
+    assert main(["throughput", "--expect-match", factor, "--json", str(out)]) == rc
+    if rc == 2:
+        assert "--expect-match must be a factor >= 1" in capsys.readouterr().err
+        return
+    report = (tmp_path / "tp.md").read_text()
+    assert "| torch / gluon | bort | float32 | inference | 8 | 128 | 1.43x |" in report
+    assert ("throughput verdict: %s" % ("FAIL" if rc else "PASS")) in report
+    assert ("MISMATCH: torch / gluon = 1.43x" in report) == bool(rc)
+
+
 def test_cli_side_by_side_on_a_tiny_config(tmp_path, capsys):
     out = tmp_path / "tp.json"
     rc = main(["throughput", "--frameworks", "torch,gluon,gluonnlp,bogus", "--config", "bort_tiny",
