@@ -2,7 +2,7 @@
 
     python scripts/bench_pretraining.py [--steps 5] [--warmup 2] [--tokens-per-batch 1024]
         [--data demo|synthetic] [--variants gluon:float32,torch:float32,torch:bfloat16]
-        [--threads N] [--json bench_pretraining.json]
+        [--threads N] [--expect-match R] [--json bench_pretraining.json]
 
 The full-size student (bort_4_8_768_1024 by default) is distilled from a small random teacher
 (bort_2_4_512_256, the student's vocabulary). Data: the demo shards of the embedded corpus
@@ -16,7 +16,9 @@ A step ends when its optimizer update returns; the first --warmup steps are left
 tokens/s = valid (unpadded) tokens of the timed steps / their wall time. torch bfloat16 is
 torch.autocast on the CPU (AMX/AVX512-BF16 where the CPU has them); gluon trains in float32 only.
 
-Writes JSON (--json) and prints a markdown table with the machine, versions and thread count.
+Writes JSON (--json) and prints a markdown table with the machine, versions and thread count,
+then the tokens/s ratio of every two variants of one dtype (parity.throughput's pairs table);
+--expect-match R exits 1 when one of those pairs differs by more than R.
 The load average before and after each variant is recorded: on a shared machine it tells how
 much other work ran alongside. There, pass --threads 1: an OpenMP pool as wide as the machine
 waits at every barrier for a thread whose core another job holds (torch slowed ~2.7x that way
@@ -39,7 +41,7 @@ from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
-from parity.throughput import host_info  # noqa: E402
+from parity import throughput as tp  # noqa: E402
 
 DEFAULT_VARIANTS = "gluon:float32,torch:float32,torch:bfloat16"
 
@@ -150,7 +152,14 @@ def run_variant(spec, timeout):
     return record
 
 
-def markdown(report):
+def pairs(report):
+    """parity.throughput's pair rows for the variants that ran (a pair shares a dtype)."""
+    return tp.pair_ratios([dict(r, config=report["student"], mode="train", device="cpu",
+                                batch="-", seq="-", error=None if r["ok"] else "failed")
+                           for r in report["records"]])
+
+
+def markdown(report, factor=None):
     h = report["host"]
     versions = {}
     for r in report["records"]:
@@ -184,6 +193,9 @@ def markdown(report):
         lines.append("| %s | %s | %.0f | %.2f | %.0f | %.0f | %s |" % (
             r["framework"], r["dtype"], r["tokens_per_s"], r["median_step_s"],
             r["tokens_per_step"], r["peak_rss_mb"], load))
+    rows = pairs(report)
+    if rows:
+        lines += ["", tp.pairs_table(rows, factor)]
     return "\n".join(lines)
 
 
@@ -207,6 +219,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads per "
                    "process (default: all cores)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per variant")
+    p.add_argument("--expect-match", type=float, metavar="R", help="exit 1 when two variants "
+                   "of one dtype differ by more than the factor R (>= 1) in tokens/s, or when "
+                   "no two of one dtype ran")
     p.add_argument("--json", help="write the report here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -215,12 +230,14 @@ def main(argv=None):
         return 0
     if args.warmup < 1 or args.steps < 1:
         p.error("--warmup and --steps must be at least 1")
+    if args.expect_match is not None and not args.expect_match >= 1:
+        p.error("--expect-match must be a factor >= 1")
     variants = parse_variants(args.variants)
     report = {"student": args.student, "teacher": args.teacher, "data": args.data,
               "steps": args.steps,
               "warmup": args.warmup, "tokens_per_batch": args.tokens_per_batch,
               "max_len": args.max_len, "max_predictions": args.max_predictions,
-              "threads": args.threads, "host": host_info(), "records": []}
+              "threads": args.threads, "host": tp.host_info(), "records": []}
     with tempfile.TemporaryDirectory(prefix="bort-bench-pretrain-") as workdir:
         data, teacher_path = prepare(workdir, args)
         for framework, dtype in variants:
@@ -235,8 +252,15 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
-    print(markdown(report))
-    return 0 if any(r["ok"] for r in report["records"]) else 1
+    print(markdown(report, args.expect_match))
+    if not any(r["ok"] for r in report["records"]):
+        return 1
+    if args.expect_match is None:
+        return 0
+    rows = pairs(report)
+    failed = bool(tp.mismatches(rows, args.expect_match)) or not rows
+    print("pretraining throughput verdict: %s" % ("FAIL" if failed else "PASS"))
+    return int(failed)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,31 @@ def test_cli_expect_match_exit_status_and_report(tmp_path, monkeypatch, capsys, 
     assert ("MISMATCH: torch / gluon = 1.43x" in report) == bool(rc)
 
 
+def test_bench_pretraining_reports_each_pair_of_one_dtype():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "scripts", "bench_pretraining.py")
+    spec = importlib.util.spec_from_file_location("bench_pretraining", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = dict(ok=True, median_step_s=1.0, tokens_per_step=900.0, peak_rss_mb=1.0,
+               load_before=[1.0], load_after=[1.0])
+    report = dict(student="bort", teacher="t", data="demo", tokens_per_batch=1024, threads=1,
+                  warmup=1, steps=2, host=tp.host_info(), records=[
+                      dict(run, framework="gluon", dtype="float32", tokens_per_s=90.0),
+                      dict(run, framework="torch", dtype="float32", tokens_per_s=100.0),
+                      dict(run, framework="torch", dtype="bfloat16", tokens_per_s=7.0),
+                      dict(framework="gluon", dtype="bfloat16", ok=False, error="refused",
+                           load_before=[1.0], load_after=[1.0])])
+    rows = bench.pairs(report)
+    assert [(r["a"], r["b"], r["dtype"], r["ratio"]) for r in rows] == [
+        ("gluon", "torch", "float32", 0.9)]
+    assert "| gluon / torch | bort | float32 | train | - | - | 0.90x | yes |" in \
+        bench.markdown(report, 1.25)
+
+
 def test_cli_side_by_side_on_a_tiny_config(tmp_path, capsys):
     out = tmp_path / "tp.json"
     rc = main(["throughput", "--frameworks", "torch,gluon,gluonnlp,bogus", "--config", "bort_tiny",
