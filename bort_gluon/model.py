@@ -10,7 +10,7 @@ Fast path (switchable, parameters untouched; the twin of bort_torch's unpadded e
 `set_unpadded` runs every position-wise op (embeddings, projections, FFN, LayerNorm, dropout)
 on the real tokens only, gathered into (N, U) rows (`Packing`); the attention scatters its
 QKV rows to (L, B, 3U) for MXNet's interleaved self-attention operators and gathers back.
-`hybridize_for_speed` adds static_alloc/static_shape and, optionally, oneDNN graph fusion.
+`hybridize_for_speed` adds static_alloc/static_shape.
 """
 from __future__ import annotations
 
