@@ -142,6 +142,8 @@ _REGISTRY = {c.name: c for c in (
     BortConfig.from_dahi(4, 8, 256, 192, name="bort_mini", vocab_size=DEMO_VOCAB_SIZE,
                          max_length=128),
     _roberta("roberta_tiny", 4, 256, 4, vocab_size=DEMO_VOCAB_SIZE, max_length=128),
+    # the demo preset's teacher, shipped trained (bort_core/data/demo/teacher.params)
+    _roberta("roberta_demo", 4, 128, 4, vocab_size=DEMO_VOCAB_SIZE, max_length=128),
 )}
 
 _DAHI_NAME = re.compile(r"^bort_(\d+)_(\d+)_(\d+)_(\d+)$")

@@ -85,7 +85,12 @@ TINY_SPACE = SearchSpace("tiny", {"num_layers": (1, 2), "num_heads": (2, 4), "un
                                   "hidden_size": (32, 64)},
                          base={"vocab_size": DEMO_VOCAB_SIZE, "max_length": 128,
                                "dropout": 0.0, "embed_dropout": 0.0})
-SPACES = {"bort": BORT_SPACE, "tiny": TINY_SPACE}
+# The demo preset's: 48 members from a 1-layer, 16-unit student to a 4-layer, 128-unit one (as
+# large as the demo teacher), so that the FPTAS trades size against error over a real range.
+DEMO_SPACE = SearchSpace("demo", {"num_layers": (1, 2, 4), "num_heads": (2, 4),
+                                  "units": (16, 32, 64, 128), "hidden_size": (32, 128)},
+                         base=TINY_SPACE.base)
+SPACES = {"bort": BORT_SPACE, "tiny": TINY_SPACE, "demo": DEMO_SPACE}
 
 
 def search_space_from_dict(data: Dict, source: str) -> SearchSpace:

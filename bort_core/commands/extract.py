@@ -20,9 +20,10 @@ def register(sub):
                        "best_config.json and candidates.json to --out.")
     p.add_argument("--framework", choices=("gluon", "torch"),
                    help="backend that trains the candidates (required unless --dry-run)")
-    p.add_argument("--search-space", default="bort", metavar="{bort,tiny,PATH,GRID}",
+    p.add_argument("--search-space", default="bort", metavar="{bort,tiny,demo,PATH,GRID}",
                    help="bort (the Bort paper's grid, default), tiny (16 small members on the "
-                   "demo vocabulary), a JSON file {num_layers: [..], num_heads: [..], units: [..], "
+                   "demo vocabulary), demo (48 members, 16 to 128 units: the demo preset's), a "
+                   "JSON file {num_layers: [..], num_heads: [..], units: [..], "
                    "hidden_size: [..], base: {config fields}}, or inline 'D=2,4;A=4,8;H=512;I=256,512'")
     p.add_argument("--epsilon", type=float, default=1.0,
                    help="interval between candidates in parameter order, 1 <= eps <= |space| "

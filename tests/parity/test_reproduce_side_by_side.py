@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:the referen
 
 from bort_core import reproduce as rp  # noqa: E402
 
-SMALL = dict(rp.PRESETS["demo"], teacher_steps=6, extract_steps=2, epsilon=8.0, pretrain_steps=6,
-             tokens_per_batch=1024, tasks=["demo-single"], finetune_epochs=1,
+SMALL = dict(rp.PRESETS["demo"], dupe_factor=1, search_space="tiny", extract_steps=2, epsilon=8.0,
+             pretrain_steps=6, tokens_per_batch=1024, tasks=["demo-single"], finetune_epochs=1,
              agora_grid={"seed": [0, 1]}, agora_epochs=1, agora_rounds=1)
 
 
@@ -36,6 +36,10 @@ def test_side_by_side_equals_sequential(monkeypatch, tmp_path, capsys):
     assert json.dumps(side["results"], sort_keys=True) == json.dumps(seq["results"],
                                                                      sort_keys=True)
     assert side["results"]["parity"]["ok"]
+    teacher = side["results"]["teacher"]          # the shipped one, evaluated by both
+    assert not teacher["trained"]
+    assert teacher["heldout_by_framework"]["gluon"] == pytest.approx(
+        teacher["heldout_by_framework"]["torch"], rel=1e-5)
 
 
 def test_a_failing_framework_names_its_log(tmp_path):

@@ -11,7 +11,8 @@ pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore:the referenc
 
 from bort_core import reproduce as rp  # noqa: E402
 
-SMALL = dict(rp.PRESETS["demo"], teacher_steps=6, extract_steps=2, epsilon=8.0, pretrain_steps=6,
+SMALL = dict(rp.PRESETS["demo"], dupe_factor=1, teacher_checkpoint=None, teacher_steps=6,
+             search_space="tiny", extract_steps=2, epsilon=8.0, pretrain_steps=6,
              tokens_per_batch=1024, tasks=["demo-single"], finetune_epochs=1,
              agora_grid={"seed": [0, 1]}, agora_epochs=1, agora_rounds=1)
 
@@ -30,9 +31,16 @@ def test_pipeline_resumes_and_repeats_itself(small_preset, tmp_path, capsys):
     out = str(tmp_path / "a")
     summary = rp.reproduce(["torch"], "small", out, seed=3, overwrite=False)
     res = summary["results"]
-    assert res["torch"]["extracted"]["name"]
+    assert res["torch"]["extracted"]["name"] in res["torch"]["extraction"]["members_by_params"]
     assert res["torch"]["pretrain_eval_after"]["kd_loss"] < res["torch"]["pretrain_eval_before"]["kd_loss"]
+    assert set(res["torch"]["scratch_eval_after"]) == {"mlm_loss", "mlm_acc"}
+    assert res["torch"]["scratch_eval_after"] != res["torch"]["pretrain_eval_after"]
+    assert res["teacher"]["trained"]
     assert res["teacher"]["eval_after"]["mlm_loss"] < res["teacher"]["eval_before"]["mlm_loss"]
+    assert res["teacher"]["heldout"] == res["teacher"]["eval_after"]
+    md = open(os.path.join(out, "summary.md")).read()
+    assert "teacher learned" in md and "distillation beats scratch" in md
+    assert "extraction interior" in md
     task = res["torch"]["finetune"]["demo-single"]
     assert task["agora"]["runs"] >= 2 and task["agora"]["heldout"]["accuracy"] > 0
     assert task["plain"]["heldout"]["accuracy"] > 0
