@@ -247,16 +247,18 @@ def test_early_stopping_and_best_epoch_reload(tmp_path):
 # ---------------------------------------------------------------------------- the loop
 
 def test_run_finetune_learns_and_writes_outputs(tmp_path):
-    opts = _options(tmp_path, task="demo-single", epochs=2, batch_size=32, lr=20.0,
+    # typos make rare BPE pieces, which token counts see (word order, demo-single's cue, they
+    # do not): 0.6525 dev accuracy after 4 epochs
+    opts = _options(tmp_path, task="demo-pair", epochs=4, batch_size=32, lr=50.0,
                     warmup_ratio=0.1)
     with pytest.warns(UserWarning, match="RANDOMLY"):
         result = ft.run_finetune(FakeBackend(), opts, progress=False)
     assert result["dev"]["dev"]["accuracy"] > 0.6      # a linear bag of words learns the task
-    path = submission_path(tk.get_task("demo-single"), opts.output_dir)
+    path = submission_path(tk.get_task("demo-pair"), opts.output_dir)
     lines = open(path).read().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 401
     saved = json.load(open(os.path.join(opts.output_dir, "result.json")))
-    assert saved["dev"] == result["dev"] and len(saved["history"]) == 2
+    assert saved["dev"] == result["dev"] and len(saved["history"]) == 4
     with pytest.raises(ValueError, match="--overwrite"):
         ft.run_finetune(FakeBackend(), opts, progress=False)
 
