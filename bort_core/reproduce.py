@@ -494,6 +494,8 @@ def summarize(run: Run, records: Dict, frameworks: List[str], preset: str) -> Di
         results["parity"] = {k: v for k, v in records["parity"].items() if k != "seconds"}
     summary = {"preset": preset, "frameworks": frameworks, "results": results,
                "seconds": {name: r.get("seconds") for name, r in records.items()}}
+    if len(frameworks) == 2:
+        summary["stage_speed"] = stage_speed(summary["seconds"], frameworks)
     overlapped = set(framework_stages(frameworks)) if "side-by-side" in records else set()
     summary["seconds"]["total"] = round(sum(v for name, v in summary["seconds"].items()
                                             if name not in overlapped), 1)
@@ -502,6 +504,23 @@ def summarize(run: Run, records: Dict, frameworks: List[str], preset: str) -> Di
         f.write(_markdown(summary))
     _plots(run, records, frameworks)
     return summary
+
+
+def stage_speed(seconds: Dict, frameworks: List[str]) -> Dict:
+    """How much longer the first framework took than the second on each of its stages and on
+    all of them (wall seconds; 1.0 = matching speed), from the stages' recorded times. Only
+    stages both frameworks ran in this invocation count (a resumed stage has no time)."""
+    a, b = frameworks
+    ratios, totals = {}, [0.0, 0.0]
+    for name in FRAMEWORK_STAGES:
+        ta, tb = seconds.get("%s-%s" % (name, a)), seconds.get("%s-%s" % (name, b))
+        if ta and tb:
+            ratios[name] = round(ta / tb, 2)
+            totals[0] += ta
+            totals[1] += tb
+    if ratios:
+        ratios["all"] = round(totals[0] / totals[1], 2)
+    return {"ratio": "%s/%s" % (a, b), "by_stage": ratios}
 
 
 def _fmt(x) -> str:
@@ -623,7 +642,14 @@ def _markdown(s: Dict) -> str:
                       _verdict(par["pretrain_eval_loss"]["ok"]),
                       par["pretrain_eval_loss"]["rel_diff"], PRETRAIN_LOSS_TOLERANCE),
                   "- one student in both frameworks, layer taps: %s" % _verdict(
-                      par["student_taps"]["ok"]), ""]
+                      par["student_taps"]["ok"])]
+        speed = s.get("stage_speed", {}).get("by_stage")
+        if speed:
+            how = "side by side, the same threads each" if "side-by-side" in s["seconds"] \
+                else "one after the other"
+            lines.append("- stage speed, %s wall time (%s): %s" % (
+                s["stage_speed"]["ratio"], how, ", ".join("%s %.2fx" % kv for kv in speed.items())))
+        lines.append("")
     lines += ["Stage wall times (s): " + ", ".join("%s %s" % kv for kv in s["seconds"].items())
               + (" (the framework stages overlap: side-by-side is their wall time)"
                  if "side-by-side" in s["seconds"] else ""), ""]

@@ -62,3 +62,14 @@ def test_split_corpus_holds_out_every_tenth_document(tmp_path):
     assert held_ids == [9, 19]
     for i in range(25):
         assert (("doc %d line a" % i) in train) != (i in held_ids)
+
+
+def test_stage_speed_compares_each_stage_both_frameworks_ran():
+    seconds = {"data": 4.0, "extract-gluon": 300.0, "pretrain-gluon": 150.0, "finetune-gluon": 90.0,
+               "extract-torch": 200.0, "pretrain-torch": 100.0, "scratch-torch": 30.0,
+               "finetune-torch": None}
+    speed = rp.stage_speed(seconds, ["gluon", "torch"])
+    # scratch ran in torch only and finetune-torch was resumed (no time): neither counts
+    assert speed == {"ratio": "gluon/torch",
+                     "by_stage": {"extract": 1.5, "pretrain": 1.5, "all": 1.5}}
+    assert rp.stage_speed({"data": 1.0}, ["gluon", "torch"])["by_stage"] == {}
