@@ -11,14 +11,13 @@ hyper-parameter sets and a data-generating function. One round:
    token sequences near it, label them with the reference model and append them to train;
 3. `replays` times, repeat 1-2 with the same sets (the release notes say re-running iterations
    was needed to converge);
-4. prune: sort the sets by their last dev score and keep the best `ceil(keep * n)` (default the
-   top half; ties keep grid order). Our documented choice for the paper's unclear rule: halving
-   gives log2|Theta| + 1 rounds and keeps every set that could still lead.
+4. prune (sets sorted by their last dev score, ties in grid order): `prune="half"` (default,
+   our choice) keeps the best `ceil(keep * n)`: log2|Theta| + 1 rounds; `"one"` drops the
+   weakest set: |Theta| rounds, what the paper's O(|Theta|^2 ...) runtime bound implies.
 The loop ends after the round run with a single set; the best model over every run is returned.
-
 Beyond binary classification (the paper's setting):
-- multi-class: a mistake is argmax != gold; the reference labels points with its argmax; the
-  chance level checked for the reference is the majority-class rate of dev;
+- multi-class: a mistake is argmax != gold; the reference labels points with its argmax;
+  its chance level is the majority-class rate of dev;
 - regression: a mistake is |prediction - gold| > `regression_tolerance` (default half the
   standard deviation of the dev scores); the reference labels points with its predicted score;
   the reference is "below chance" when its Pearson correlation on dev is <= 0.
@@ -26,13 +25,11 @@ Beyond binary classification (the paper's setting):
 Generators (`--generator`, comma-separated, used in turn): `mlm` masks ~`mask_prob` of a
 sequence's text tokens and samples replacements from the pretrained MLM head; `dropout` deletes
 each text token with probability `drop_prob`; `swap` swaps text tokens with their right
-neighbour with probability `swap_prob`. Each acts on at least one position (a resampled token
-may come back as itself, a swap of equal tokens changes nothing); special tokens stay.
-Mistakes are taken on the task's first dev split (MNLI: matched), which also checks the reference.
+neighbour with probability `swap_prob`. Each acts on at least one position; special tokens
+stay. Mistakes are taken on the task's first dev split (MNLI: matched), as is the reference's check.
 
 `teachable_only` (off by default, as in the paper) generates points only near the mistakes that
-the reference gets right on dev: near the others its labels repeat its own error, so they cannot
-correct the student and only add noise where the two models both fail.
+the reference gets right on dev (near the others its labels repeat its own error).
 """
 from __future__ import annotations
 
@@ -53,16 +50,18 @@ from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
 from bort_core import io as bio
 from bort_core.configs import get_config
+from bort_core.data.batches import pad_rows
 from bort_core.data.shards import object_array
 from bort_core.data.tasks import get_task
 from bort_core.metrics import NonFiniteError, check_finite
 
-# the Agora paper's suggested starting grid for Bort (papers.md, section 3): 480 sets
+# the 480-set starting grid the release's README suggests for Agora on Bort
 RELEASE_GRID = {"seed": [0, 1, 2, 3, 4], "lr": [1e-4, 1e-5, 9e-6],
                 "weight_decay": [0.0, 10.0, 100.0, 350.0],
                 "warmup_ratio": [0.35, 0.40, 0.45, 0.50], "batch_size": [8, 16]}
 GRID_KEYS = ("seed", "lr", "weight_decay", "warmup_ratio", "batch_size", "epochs")
 GENERATORS = ("mlm", "dropout", "swap")
+PRUNE_RULES = ("half", "one")
 
 
 # ------------------------------------------------------------------------------------ grid
@@ -117,14 +116,14 @@ def load_grid(arg: str) -> List[Dict]:
         raise ValueError("--grid %s: %s" % (arg, err)) from None
 
 
-def prune(scores: Sequence[float], keep: float) -> List[int]:
-    """Indices of the sets that survive: the best ceil(keep * n) by score, ties in grid order;
-    with one set left, none (Agora stops)."""
+def prune(scores: Sequence[float], keep: float, rule: str = "half") -> List[int]:
+    """Indices of the sets that survive, ties in grid order: "half" keeps the best
+    ceil(keep * n), "one" all but the weakest; with one set left, none (Agora stops)."""
     n = len(scores)
     if n <= 1:
         return []
     order = sorted(range(n), key=lambda i: (-scores[i], i))
-    return sorted(order[:max(1, min(n - 1, int(math.ceil(keep * n))))])
+    return sorted(order[:n - 1 if rule == "one" else max(1, min(n - 1, math.ceil(keep * n)))])
 
 
 # ------------------------------------------------------------------------------ generators
@@ -185,7 +184,7 @@ class MaskedLMResample:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start:start + self.batch_size]
             width = max(len(positions[i]) for i in chunk)
-            batch = {"input_ids": ft._pad([masked[i] for i in chunk], self.pad_id),
+            batch = {"input_ids": pad_rows([masked[i] for i in chunk], self.pad_id),
                      "valid_length": np.array([len(masked[i]) for i in chunk], np.int32),
                      "masked_positions": np.zeros((len(chunk), width), np.int32)}
             for r, i in enumerate(chunk):
@@ -246,6 +245,7 @@ class AgoraOptions:
     drop_prob: float = 0.1
     swap_prob: float = 0.1
     keep: float = 0.5
+    prune: str = "half"                        # PRUNE_RULES
     replays: int = 0
     max_rounds: Optional[int] = None
     regression_tolerance: Optional[float] = None
@@ -257,6 +257,8 @@ class AgoraOptions:
             raise ValueError("--reference-checkpoint is required (a fine-tuned classifier)")
         if self.points_per_mistake < 1:
             raise ValueError("--points-per-mistake must be at least 1")
+        if self.prune not in PRUNE_RULES:
+            raise ValueError("--prune must be half or one, got %r" % self.prune)
         if not 0.0 < self.keep < 1.0:
             raise ValueError("--keep must be in (0, 1), got %r" % self.keep)
         if self.replays < 0:
@@ -328,7 +330,7 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
         except (TypeError, ValueError) as err:
             raise ValueError("--grid %s: set %d %s: %s"
                              % (options.grid, i, json.dumps(theta), err)) from None
-    config = ft.resolve_config(base.config, base.checkpoint, base.dropout)
+    config = ft.resolve_config(base.config, base.checkpoint, base.dropout, base.dropout_scope)
     if not os.path.exists(options.reference_checkpoint):
         raise FileNotFoundError("--reference-checkpoint %s does not exist"
                                 % options.reference_checkpoint)
@@ -429,7 +431,8 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
                                              record["best_set"], len(wrong), len(new),
                                              record["seconds"]), flush=True)
             last = rounds[-1]["scores"]
-            alive = [alive[i] for i in prune([last[str(s)] for s in alive], options.keep)]
+            alive = [alive[i] for i in prune([last[str(s)] for s in alive], options.keep,
+                                             options.prune)]
         seconds = time.time() - start
         model = backend.load(config, kept, num_classes)
         dev_metrics, test = ft.score_and_submit(backend, model, task, data,
@@ -456,7 +459,7 @@ def _round(backend, task, config, num_classes, base, grid, alive, train, dev, wo
         os.makedirs(run_dir)
         init = os.path.join(run_dir, "init.params")
         ckpt.save_params(init, ft.initial_classifier(config, num_classes, base.checkpoint,
-                                                     opts.classifier_init, opts.seed))
+                                                     opts.classifier_init, opts.seed, opts.prob))
         model = backend.load(config, init, num_classes)
         try:
             model, _, score = ft.train_and_select(backend, model, config, num_classes, task,

@@ -38,6 +38,7 @@ class BortConfig:
     token_type_vocab_size: int = 0    # 0: no token-type embedding (Bort, RoBERTa)
     dropout: float = 0.1
     embed_dropout: float = 0.1
+    head_dropout: Optional[float] = None  # a classifier head's dropout; None: `dropout`
     layer_norm_eps: float = 1e-5
     decoder_layer_norm_eps: float = 1e-12  # GluonNLP 0.8.3's BERTLayerNorm default (the 2020 value)
     activation: str = "gelu"
@@ -57,9 +58,14 @@ class BortConfig:
         if self.activation != "gelu":
             raise ValueError("config %r: only activation 'gelu' is supported, got %r"
                              % (self.name, self.activation))
-        for field in ("dropout", "embed_dropout"):
+        for field in ("dropout", "embed_dropout", "classifier_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ValueError("config %r: %s must be in [0, 1)" % (self.name, field))
+
+    @property
+    def classifier_dropout(self) -> float:
+        """The dropout of a classifier head built on this config."""
+        return self.dropout if self.head_dropout is None else self.head_dropout
 
     @property
     def head_dim(self) -> int:
@@ -81,7 +87,7 @@ class BortConfig:
         return dataclasses.replace(self, **changes)
 
     def without_dropout(self) -> "BortConfig":
-        return self.replace(dropout=0.0, embed_dropout=0.0)
+        return self.replace(dropout=0.0, embed_dropout=0.0, head_dropout=None)
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)

@@ -10,6 +10,9 @@ The release's loop (../shared/reference/original-code.md, "Fine-tuning"), with i
   for every test segment;
 - FIX F3: the schedule's horizon is `ramp_up_epochs` (default: all epochs) and `training_steps`
   really stops training;
+- `recipe="release"` (docs/fidelity.md) restores the release's head initialisation (`prob` 0.5),
+  head-only dropout, floored horizon, equal-width buckets and patience kept on ties; each has
+  its own option, and an explicitly set one wins over the recipe;
 - diagnostics (AX, AX-b, AX-g) train on their `train_task` and predict the diagnostic set
   (FIX D5: the release raised); labelled diagnostics are scored too (AX-g gender parity).
 
@@ -33,6 +36,7 @@ from bort_core import arch
 from bort_core import checkpoint as ckpt
 from bort_core import io as bio
 from bort_core.configs import BortConfig, get_config
+from bort_core.data.batches import eval_batches, train_batches
 from bort_core.data.leaderboard import write_submission
 from bort_core.data.tasks import Example, Task, featurize, get_task, read_split
 from bort_core.metrics import NonFiniteError, check_finite, evaluate
@@ -40,6 +44,18 @@ from bort_core.metrics import NonFiniteError, check_finite, evaluate
 LR_FLOOR = 1e-7
 CLASSIFIER_INITS = ("uniform", "gaussian", "orthogonal", "xavier")
 DTYPES = ("float32", "float16")
+# the scale each init draws with when `prob` is unset (our default recipe): the release's
+# uniform 0.5, MXNet's Normal() and Orthogonal() defaults; xavier has none
+INIT_SCALES = {"uniform": 0.5, "gaussian": 0.01, "orthogonal": 1.414, "xavier": None}
+DROPOUT_SCOPES = ("all", "head")
+HORIZONS = ("ceil", "floor")
+BUCKET_SCHEMES = ("count", "width")
+# what each recipe sets for the options left unset (None)
+RECIPE_VALUES = {
+    "default": {"prob": None, "dropout_scope": "all", "horizon": "ceil", "buckets": "count",
+                "tie_resets_patience": False},
+    "release": {"prob": 0.5, "dropout_scope": "head", "horizon": "floor", "buckets": "width",
+                "tie_resets_patience": True}}
 
 
 # --------------------------------------------------------------------------------- options
@@ -73,9 +89,28 @@ class FinetuneOptions:
     max_len: int = 512
     num_buckets: int = 15
     overwrite: bool = False
+    recipe: str = "default"
+    prob: Optional[float] = None            # the head init's scale; None: INIT_SCALES
+    dropout_scope: Optional[str] = None     # "all": backbone and head; "head": the head only
+    horizon: Optional[str] = None           # schedule steps rounded up per epoch, or floored
+    buckets: Optional[str] = None           # "count": equal-count buckets; "width": equal-width
+    tie_resets_patience: Optional[bool] = None  # a dev score equal to the best resets patience
 
     def __post_init__(self):
+        if self.recipe not in RECIPE_VALUES:
+            raise ValueError("--recipe must be one of %s, got %r"
+                             % (", ".join(RECIPE_VALUES), self.recipe))
+        for name, value in RECIPE_VALUES[self.recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         check_finite(self)
+        for name, choices in (("dropout_scope", DROPOUT_SCOPES), ("horizon", HORIZONS),
+                              ("buckets", BUCKET_SCHEMES)):
+            if getattr(self, name) not in choices:
+                raise ValueError("--%s must be one of %s, got %r" % (
+                    name.replace("_", "-"), ", ".join(choices), getattr(self, name)))
+        if self.prob is not None and self.prob <= 0:
+            raise ValueError("--prob must be positive, got %r" % self.prob)
         for name in ("epochs", "batch_size", "dev_batch_size", "max_len", "num_buckets"):
             if getattr(self, name) < 1:
                 raise ValueError("--%s must be at least 1, got %r"
@@ -102,16 +137,22 @@ class FinetuneOptions:
         if self.max_len < 4:
             raise ValueError("--max-len must be at least 4, got %r" % self.max_len)
 
-    def hparams(self, steps_per_epoch: int) -> Dict:
-        """The framework-facing hyper-parameters for a run of `steps_per_epoch` x epochs."""
+    def hparams(self, num_examples: int) -> Dict:
+        """The framework-facing hyper-parameters for a run over `num_examples` training rows."""
         return make_hparams(self.lr, self.weight_decay, self.warmup_ratio, self.batch_size,
-                            self.seed, total_steps=self.schedule_steps(steps_per_epoch),
+                            self.seed, total_steps=self.schedule_steps(num_examples),
                             clip_norm=self.clip_norm, epsilon=self.epsilon,
                             classifier_init=self.classifier_init, dtype=self.dtype)
 
-    def schedule_steps(self, steps_per_epoch: int) -> int:
+    def schedule_steps(self, num_examples: int) -> int:
+        """The schedule's horizon: ceil(ceil(N / batch) * ramp) (`horizon` "ceil"), or the
+        release's int(N / batch * ramp) ("floor"); capped by `training_steps`."""
         ramp = self.epochs if self.ramp_up_epochs is None else self.ramp_up_epochs
-        total = max(1, int(math.ceil(steps_per_epoch * ramp)))
+        if self.horizon == "floor":
+            total = int(num_examples / self.batch_size * ramp)
+        else:
+            total = int(math.ceil(math.ceil(num_examples / self.batch_size) * ramp))
+        total = max(1, total)
         return min(total, self.training_steps) if self.training_steps else total
 
 
@@ -175,15 +216,18 @@ def str2bool(text: str) -> bool:
 # ------------------------------------------------------------------------------ parameters
 
 def classifier_init(config: BortConfig, num_classes: int, scheme: str = "uniform",
-                    seed: int = 0, dropout: float = 0.1) -> "OrderedDict[str, np.ndarray]":
+                    seed: int = 0, dropout: float = 0.1,
+                    prob: Optional[float] = None) -> "OrderedDict[str, np.ndarray]":
     """A fresh head (canonical names) drawn in numpy, so both frameworks start alike.
 
-    Biases are zero; weights: uniform U(-0.5, 0.5) (the release's default); gaussian
-    N(0, 0.01) (MXNet's Normal()); orthogonal (MXNet's Orthogonal: an orthonormal factor of a
-    U(-1, 1) matrix times 1.414); xavier (MXNet's Xavier(): U(+-sqrt(3 / mean fan)))."""
+    Biases are zero; weights, with s = `prob` (None: INIT_SCALES[scheme]), as the release's
+    `--init`/`--prob` chose MXNet initialisers: uniform U(-s, s); gaussian N(0, s);
+    orthogonal (an orthonormal factor of a U(-1, 1) matrix times s); xavier (Xavier():
+    U(+-sqrt(3 / mean fan)), no scale)."""
     if scheme not in CLASSIFIER_INITS:
         raise ValueError("unknown classifier init %r; choose one of %s"
                          % (scheme, ", ".join(CLASSIFIER_INITS)))
+    scale = INIT_SCALES[scheme] if prob is None else prob
     rng = np.random.RandomState(seed)
     head = OrderedDict()
     for name, shape in arch.classifier_shapes(config, num_classes, dropout=dropout).items():
@@ -192,12 +236,12 @@ def classifier_init(config: BortConfig, num_classes: int, scheme: str = "uniform
             continue
         fan_out, fan_in = shape
         if scheme == "uniform":
-            w = rng.uniform(-0.5, 0.5, shape)
+            w = rng.uniform(-scale, scale, shape)
         elif scheme == "gaussian":
-            w = rng.normal(0.0, 0.01, shape)
+            w = rng.normal(0.0, scale, shape)
         elif scheme == "orthogonal":
             u, _, v = np.linalg.svd(rng.uniform(-1.0, 1.0, shape), full_matrices=False)
-            w = 1.414 * (u if u.shape == shape else v)
+            w = scale * (u if u.shape == shape else v)
         else:
             scale = math.sqrt(3.0 / ((fan_in + fan_out) / 2.0))
             w = rng.uniform(-scale, scale, shape)
@@ -206,7 +250,8 @@ def classifier_init(config: BortConfig, num_classes: int, scheme: str = "uniform
 
 
 def initial_classifier(config: BortConfig, num_classes: int, checkpoint: Optional[str],
-                       scheme: str, seed: int) -> "OrderedDict[str, np.ndarray]":
+                       scheme: str, seed: int,
+                       prob: Optional[float] = None) -> "OrderedDict[str, np.ndarray]":
     """Classifier parameters: the checkpoint's backbone (decoder dropped) or, without one, the
     release's random initialisation, plus a fresh head."""
     if checkpoint is None:
@@ -215,18 +260,24 @@ def initial_classifier(config: BortConfig, num_classes: int, checkpoint: Optiona
         backbone = OrderedDict((n, v) for n, v in backbone.items() if not n.startswith("decoder."))
     else:
         _, backbone = ckpt.load_model_params(checkpoint, config, with_decoder=False)
-    head = classifier_init(config, num_classes, scheme, seed, dropout=config.dropout)
+    head = classifier_init(config, num_classes, scheme, seed, config.classifier_dropout, prob)
     return ckpt.join_classifier(backbone, head)
 
 
-def resolve_config(config: str, checkpoint: Optional[str], dropout: float) -> BortConfig:
-    """The config (vocabulary size from the checkpoint when given) with the run's dropout."""
+def resolve_config(config: str, checkpoint: Optional[str], dropout: float,
+                   scope: str = "all") -> BortConfig:
+    """The config (vocabulary size from the checkpoint when given) with the run's dropout on
+    backbone and head (`scope` "all"), or on the head only ("head": the release's `--dropout`,
+    the backbone keeps the config's own)."""
     vocab = None
     if checkpoint is not None:
         if not os.path.exists(checkpoint):
             raise FileNotFoundError("--checkpoint %s does not exist" % checkpoint)
         vocab = ckpt.infer_vocab_size(ckpt.load_params(checkpoint))
-    return get_config(config, vocab_size=vocab).replace(dropout=dropout, embed_dropout=dropout)
+    base = get_config(config, vocab_size=vocab)
+    if scope == "head":
+        return base.replace(head_dropout=dropout)
+    return base.replace(dropout=dropout, embed_dropout=dropout)
 
 
 # ---------------------------------------------------------------------------------- data
@@ -272,45 +323,6 @@ def _check_ids(feats, vocab_size, task, split):
     if top >= vocab_size:
         raise ValueError("%s %s: token id %d does not fit the model's vocabulary of %d; does "
                          "--vocab match the checkpoint?" % (task, split, top, vocab_size))
-
-
-def _pad(rows: Sequence[np.ndarray], pad_id: int) -> np.ndarray:
-    out = np.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=np.int32)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
-
-
-def make_batch(features: Dict, rows: Sequence[int], pad_id: int = 1) -> Dict[str, np.ndarray]:
-    """One batch of `rows`, padded to its longest row with `pad_id`."""
-    batch = {"input_ids": _pad([features["input_ids"][i] for i in rows], pad_id),
-             "valid_length": np.asarray(features["valid_length"], np.int32)[list(rows)]}
-    if "label" in features:
-        labels = np.asarray(features["label"])[list(rows)]
-        batch["labels"] = labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64)
-    return batch
-
-
-def train_batches(features: Dict, batch_size: int, seed: int, num_buckets: int = 15,
-                  pad_id: int = 1) -> List[Dict[str, np.ndarray]]:
-    """One epoch: rows grouped into `num_buckets` length buckets, shuffled inside each bucket,
-    cut into batches, batches shuffled (a seeded numpy RNG: the same batches in both
-    frameworks)."""
-    rng = np.random.RandomState(seed)
-    lengths = np.asarray(features["valid_length"])
-    order = np.argsort(lengths, kind="mergesort")
-    batches = []
-    for bucket in np.array_split(order, min(num_buckets, len(order))):
-        bucket = bucket[rng.permutation(len(bucket))]
-        batches += [bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size)]
-    return [make_batch(features, batches[i], pad_id) for i in rng.permutation(len(batches))]
-
-
-def eval_batches(features: Dict, batch_size: int, pad_id: int = 1) -> List[Dict[str, np.ndarray]]:
-    """The split in file order, `batch_size` rows a batch."""
-    n = len(features["valid_length"])
-    return [make_batch(features, range(i, min(n, i + batch_size)), pad_id)
-            for i in range(0, n, batch_size)]
 
 
 def predictions(task: Task, logits: np.ndarray, what: str = "the model"):
@@ -359,6 +371,25 @@ def write_json(path: str, data) -> None:
     bio.write_text(path, json.dumps(data, indent=1, default=float))
 
 
+class Patience:
+    """Best epoch and early stopping: a better score makes its epoch the best and resets the
+    wait; with `ties` (the release's `>=`) an equal one resets the wait too, the best epoch
+    staying the earliest; `update` says when `patience` epochs passed without either."""
+
+    def __init__(self, patience: int, ties: bool = False):
+        self.patience, self.ties = patience, ties
+        self.best, self.best_epoch, self.waited = -math.inf, 0, 0
+
+    def update(self, epoch: int, score: float) -> bool:
+        if score > self.best:
+            self.best, self.best_epoch, self.waited = score, epoch, 0
+        elif self.ties and score == self.best:
+            self.waited = 0
+        else:
+            self.waited += 1
+        return self.waited >= self.patience
+
+
 def train_and_select(backend, model, config: BortConfig, num_classes: int, task: Task,
                      train: Dict, dev: Sequence[TaskData], options: FinetuneOptions,
                      save_dir: str, progress: bool = True):
@@ -366,13 +397,12 @@ def train_and_select(backend, model, config: BortConfig, num_classes: int, task:
 
     Each epoch's model is saved as `model_bort_<task>_<epoch>.params` under `save_dir` (as the
     release did); when the last epoch is not the best, the best one is reloaded."""
-    steps_per_epoch = int(math.ceil(len(train["valid_length"]) / options.batch_size))
-    hparams = options.hparams(steps_per_epoch)
-    history, best, best_epoch, waited, done = [], -math.inf, 0, 0, 0
+    hparams = options.hparams(len(train["valid_length"]))
+    history, done, patience = [], 0, Patience(options.early_stop, options.tie_resets_patience)
     limit = options.training_steps
     for epoch in range(1, options.epochs + 1):
         batches = train_batches(train, options.batch_size, options.seed + epoch,
-                                options.num_buckets)
+                                options.num_buckets, scheme=options.buckets)
         steps = len(batches) if limit is None else min(len(batches), limit - done)
         rows = backend.train_classifier(model, batches[:steps], steps, hparams)
         done += steps
@@ -388,15 +418,12 @@ def train_and_select(backend, model, config: BortConfig, num_classes: int, task:
                 {split: {k: round(float(v), 4) for k, v in m.items()}
                  for split, m in entry["dev"].items()})), flush=True)
         backend.save(model, epoch_path(save_dir, task, epoch))
-        if score > best:
-            best, best_epoch, waited = score, epoch, 0
-        else:
-            waited += 1
-        if waited >= options.early_stop or (limit is not None and done >= limit):
+        if patience.update(epoch, score) or (limit is not None and done >= limit):
             break
-    if best_epoch != history[-1]["epoch"]:
-        model = backend.load(config, epoch_path(save_dir, task, best_epoch), num_classes)
-    return model, history, best
+    if patience.best_epoch != history[-1]["epoch"]:
+        model = backend.load(config, epoch_path(save_dir, task, patience.best_epoch),
+                             num_classes)
+    return model, history, patience.best
 
 
 def score_and_submit(backend, model, task: Task, data: Dict[str, List[TaskData]],
@@ -427,7 +454,7 @@ def run_finetune(backend, options: FinetuneOptions, tokenizer=None, progress: bo
 
     task = get_task(options.task)
     source = options.model_parameters or options.checkpoint
-    config = resolve_config(options.config, source, options.dropout)
+    config = resolve_config(options.config, source, options.dropout, options.dropout_scope)
     tokenizer = tokenizer or load_tokenizer(options.vocab)
     if len(tokenizer) != config.vocab_size:
         raise ValueError("the tokenizer has %d entries but the model's vocabulary has %d; pass "
@@ -445,7 +472,8 @@ def run_finetune(backend, options: FinetuneOptions, tokenizer=None, progress: bo
                           "near chance)" % config.name, stacklevel=2)
         init = os.path.join(options.output_dir, "init.params")
         ckpt.save_params(init, initial_classifier(config, num_classes, options.checkpoint,
-                                                  options.classifier_init, options.seed))
+                                                  options.classifier_init, options.seed,
+                                                  options.prob))
         model = backend.load(config, init, num_classes)
         os.remove(init)
     history = []

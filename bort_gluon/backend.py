@@ -26,7 +26,8 @@ class Backend(core.BackendBase):
     def build(self, config: BortConfig, seed: int = 0, num_classes: Optional[int] = None):
         mx.random.seed(seed)
         model = gm.BortModel(config)
-        block = gm.BortClassifier(model, num_classes, dropout=config.dropout) if num_classes else model
+        block = gm.BortClassifier(model, num_classes, dropout=config.classifier_dropout) \
+            if num_classes else model
         gm.initialize_like_release(block)
         gm.set_params(model, core.initial_params(config, seed), "initial parameters")
         return block
@@ -37,7 +38,8 @@ class Backend(core.BackendBase):
         if ckpt.is_classifier(params):
             params, head = ckpt.split_classifier(params, source=path)
         model = gm.BortModel(config, use_decoder=any(n.startswith("decoder.") for n in params))
-        block = gm.BortClassifier(model, num_classes, dropout=config.dropout) if num_classes else model
+        block = gm.BortClassifier(model, num_classes, dropout=config.classifier_dropout) \
+            if num_classes else model
         gm.initialize_like_release(block)
         gm.set_params(model, params, path)
         if num_classes and head is not None:

@@ -29,7 +29,7 @@ class Backend(core.BackendBase):
         if not num_classes:
             return model
         torch.manual_seed(seed)
-        return tm.BortClassifier(model, num_classes, dropout=config.dropout)
+        return tm.BortClassifier(model, num_classes, dropout=config.classifier_dropout)
 
     def load(self, config: BortConfig, path: str, num_classes: Optional[int] = None):
         config, params = ckpt.load_checkpoint(path, config)
@@ -40,7 +40,7 @@ class Backend(core.BackendBase):
         tm.set_params(model, params, path)
         if not num_classes:
             return model
-        classifier = tm.BortClassifier(model, num_classes, dropout=config.dropout)
+        classifier = tm.BortClassifier(model, num_classes, dropout=config.classifier_dropout)
         if head is not None:
             tm.set_params(classifier, ckpt.join_classifier(params, head), path)
         return classifier

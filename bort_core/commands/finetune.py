@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from bort_core.agora import GENERATORS, AgoraOptions
+from bort_core.agora import GENERATORS, PRUNE_RULES, AgoraOptions
 from bort_core.data.tasks import get_task
-from bort_core.finetune import CLASSIFIER_INITS, DTYPES, FinetuneOptions, str2bool
+from bort_core.finetune import (
+    BUCKET_SCHEMES,
+    CLASSIFIER_INITS,
+    DROPOUT_SCOPES,
+    DTYPES,
+    HORIZONS,
+    FinetuneOptions,
+    str2bool,
+)
+from bort_core.recipe import add_recipe_argument
 
 
 def _common(p, d: FinetuneOptions):
@@ -45,10 +54,21 @@ def _common(p, d: FinetuneOptions):
       "(default %(default)s)")
     a("--early-stop", type=int, default=d.early_stop, help="stop after this many epochs without "
       "a better dev score (default %(default)s)")
-    a("--dropout", type=float, default=d.dropout, help="dropout of backbone and head (default "
-      "%(default)s)")
-    a("--classifier-init", choices=CLASSIFIER_INITS, default=d.classifier_init,
-      help="head initialisation (default %(default)s)")
+    a("--tie-resets-patience", nargs="?", const=True, type=str2bool, help="a dev score equal to "
+      "the best resets the early-stop wait (the release's >=; default: no, release recipe: yes)")
+    a("--dropout", type=float, default=d.dropout, help="dropout rate (default %(default)s), on "
+      "what --dropout-scope says")
+    a("--dropout-scope", choices=DROPOUT_SCOPES, help="all: backbone and head (default); head: "
+      "the head only, the backbone keeps its config's 0.1 (release recipe)")
+    a("--classifier-init", "--init", dest="classifier_init", choices=CLASSIFIER_INITS,
+      default=d.classifier_init, help="head initialisation (default %(default)s)")
+    a("--prob", type=float, help="the head init's scale: U(-p, p), N(0, p), orthogonal times p; "
+      "xavier ignores it (default: uniform 0.5, gaussian 0.01, orthogonal 1.414; release "
+      "recipe: 0.5)")
+    a("--horizon", choices=HORIZONS, help="schedule steps: ceil (default: ceil(ceil(N / batch) "
+      "* ramp-up epochs)) or floor (release recipe: int(N / batch * ramp-up epochs))")
+    a("--buckets", choices=BUCKET_SCHEMES, help="length buckets: count (default: equal "
+      "numbers of rows) or width (release recipe: GluonNLP's equal-width keys)")
     a("--dtype", choices=DTYPES, default=d.dtype, help="float32, or float16 (torch: autocast + "
       "loss scaling; clipping on unscaled gradients)")
     a("--seed", type=int, default=d.seed, help="batch order, head initialisation and dropout "
@@ -58,6 +78,7 @@ def _common(p, d: FinetuneOptions):
     a("--num-buckets", type=int, default=d.num_buckets, help="length buckets of the training "
       "sampler (default %(default)s)")
     a("--quiet", action="store_true", help="no per-epoch lines")
+    add_recipe_argument(p)
 
 
 def register(sub):
@@ -90,8 +111,9 @@ def register(sub):
     a("--reference-checkpoint", required=True, help="the reference model: a classifier already "
       "fine-tuned on the task (.params), same vocabulary")
     a("--reference-config", help="the reference's config (default: --config)")
-    a("--grid", default=o.grid, help="'release' (the suggested 480-set grid: seeds 0-4, lr "
-      "{1e-4,1e-5,9e-6}, wd {0,10,100,350}, warmup {.35,.40,.45,.50}, batch {8,16}) or a JSON "
+    a("--grid", default=o.grid, help="'release' (the 480-set grid the release's README "
+      "suggests: seeds 0-4, lr {1e-4,1e-5,9e-6}, wd {0,10,100,350}, warmup "
+      "{.35,.40,.45,.50}, batch {8,16}) or a JSON "
       "file: an object of lists (product) or a list of objects; keys seed, lr, weight_decay, "
       "warmup_ratio, batch_size, epochs")
     a("--generator", default=o.generator, help="data-generating functions, comma-separated, "
@@ -106,6 +128,9 @@ def register(sub):
       "(default %(default)s)")
     a("--keep", type=float, default=o.keep, help="share of sets kept after each round "
       "(default %(default)s)")
+    a("--prune", choices=PRUNE_RULES, default=o.prune, help="after each round keep the best "
+      "--keep share (half, default) or drop the weakest set (one: |Theta| rounds, as the "
+      "paper's runtime bound implies)")
     a("--replays", type=int, default=o.replays, help="extra runs of each round before pruning "
       "(default %(default)s)")
     a("--max-rounds", type=int, help="stop after this many rounds")

@@ -80,6 +80,27 @@ def test_prune_keeps_the_best_share_ties_in_grid_order():
     assert agora.prune([0.7], 0.5) == [] and agora.prune([], 0.5) == []   # one set: stop
 
 
+def test_prune_one_drops_only_the_weakest_set():
+    assert agora.prune([0.1, 0.9, 0.5, 0.7], 0.5, "one") == [1, 2, 3]
+    assert agora.prune([0.8, 0.2, 0.2, 0.9], 0.5, "one") == [0, 1, 3]  # ties: the later set goes
+    assert agora.prune([1, 2], 0.5, "one") == [1]
+    assert agora.prune([0.7], 0.5, "one") == []
+    with pytest.raises(ValueError, match="--prune"):
+        agora.AgoraOptions(reference_checkpoint="r.params", prune="third")
+
+
+@pytest.mark.parametrize("rule, alive", [("half", [4, 2, 1]), ("one", [4, 3, 2, 1])])
+def test_run_agora_prunes_by_the_rule(tmp_path, references, rule, alive):
+    """--prune half: log2|Theta| + 1 rounds; --prune one: |Theta| rounds, each round's sets
+    those of the previous round less its weakest."""
+    _, log, _ = _run(tmp_path, references["demo-single"], prune=rule)
+    rounds = log["rounds"]
+    assert [len(r["sets"]) for r in rounds] == alive
+    for before, after in zip(rounds, rounds[1:]):
+        scores = [before["scores"][str(s)] for s in before["sets"]]
+        assert after["sets"] == [before["sets"][i] for i in agora.prune(scores, 0.5, rule)]
+
+
 # ------------------------------------------------------------------- mistakes / reference
 
 def _examples(labels):

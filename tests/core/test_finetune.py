@@ -96,9 +96,9 @@ def test_learning_rate_warms_up_from_zero_then_decays_to_the_floor():
 def test_schedule_horizon_is_all_epochs_and_training_steps_stop(tmp_path):
     """F3: the release's horizon came from ramp_up_epochs alone and --training_steps did
     not stop training."""
-    assert ft.FinetuneOptions(epochs=3).schedule_steps(10) == 30
-    assert ft.FinetuneOptions(epochs=3, ramp_up_epochs=1).schedule_steps(10) == 10
-    assert ft.FinetuneOptions(epochs=3, training_steps=7).schedule_steps(10) == 7
+    assert ft.FinetuneOptions(epochs=3, batch_size=1).schedule_steps(10) == 30
+    assert ft.FinetuneOptions(epochs=3, batch_size=1, ramp_up_epochs=1).schedule_steps(10) == 10
+    assert ft.FinetuneOptions(epochs=3, batch_size=1, training_steps=7).schedule_steps(10) == 7
     result = ft.run_finetune(FakeBackend(), _options(
         tmp_path, task="sst-2", data_dir=FIXTURES, epochs=5, batch_size=2, training_steps=3),
         progress=False)
