@@ -47,7 +47,9 @@ from bort_core.data import shards
 AXES = ("num_layers", "num_heads", "units", "hidden_size")
 AXIS_ALIASES = {"D": "num_layers", "A": "num_heads", "H": "units", "I": "hidden_size"}
 ERRORS = ("kd", "mlm", "acc")
-# hyper-parameters of one training run (Backend protocol names); the release's pretraining values
+# hyper-parameters of one training run (Backend protocol names): lr, weight decay and the loss
+# weights are the release's pretraining values; warm-up 0.1 and batch 8 rows are ours (the
+# release's pretraining warmed up over 0.01 of its steps: `bort extract --recipe release`)
 DEFAULT_HPARAMS = {"lr": 1e-4, "weight_decay": 0.01, "warmup_ratio": 0.1, "batch_size": 8,
                    "seed": 0, "clip_norm": 1.0, "temperature": 2.0, "mlm_weight": 0.1,
                    "teacher_ce_weight": 0.5}

@@ -13,7 +13,8 @@ taken over the GLOBAL micro-batch, i.e. over every worker's rows):
                  KLDivLoss(from_logits=False) applied to the PROBABILITIES ps (so a second
                  softmax is taken) and averaged over the vocabulary:
                  T^2 * sum_i w_i * mean_v[pt_iv * (log(pt_iv + 1e-12) - log_softmax(ps_i)_v)] / n
-    mse        = sum_i w_i * mean_v (ps_iv - pt_iv)^2 / n            (logged, never optimised)
+    mse        = sum_i w_i * mean_v (ps_iv - pt_iv)^2 / n            (logged, never optimised;
+                 `--teacher-mse release` logs the release's T^2 / 2 * mse: its L2Loss halves)
     loss       = (mlm_weight * mlm + teacher_ce_weight * kd) / accumulate     with a teacher
     loss       = mlm / accumulate                                           teacherless
 `reference_losses` computes all of it in float64 numpy (the oracle both frameworks are tested
@@ -28,12 +29,19 @@ global L2 norm (`clip_norm`, 0 = off) after loss-scale removal.
 Learning rate (the release's): s = 1, 2, ... N; lr * s / W while s <= W (warm-up), then
 lr * (1 - s / N).
 
+`--recipe release` sets the release's values at once (`release_values`: batching, loss
+scaler, logged mse, KD term, clipping); explicit options win.
+
 Data: every batch of every shard, every epoch (the release used only the first batch of each
 file: bug P1). Per epoch the shards are visited in a seeded order; each shard is cut into
 length buckets and bucket batches (`bucket_batches`), shuffled with the same seed. A batch is a
 GLOBAL batch: worker r of W trains on `np.array_split(rows, W)[r]` (a worker left without rows
 adds nothing but still takes part in the all-reduce), so W workers see the same batches as one
 worker and compute the same update (the release's per-file split made the data depend on W).
+
+Batches follow `--batching` (bort_core.bucketing): `balanced` (ours) or `release`
+(gluonnlp 0.8.3's FixedBucketSampler with use_average_length). Float16 loss scaling follows
+`--loss-scaler` (bort_core.loss_scaling).
 
 Checkpoints (`ckpt_dir/%07d.*`, step = optimizer steps done): `.params` the student in canonical
 names (the 2020 `.params` format, loadable by either framework), `.states` BERTAdam's moments in
@@ -64,13 +72,16 @@ import numpy as np
 
 from bort_core import checkpoint as ckpt
 from bort_core import io as bio
+from bort_core.bucketing import BATCHINGS, bucket_batches, release_bucket_batches
 from bort_core.data.shards import expand_shards, load_shard
+from bort_core.loss_scaling import LOSS_SCALERS, LossScaler, make_scaler  # noqa: F401
 from bort_core.metrics import NonFiniteError, check_finite
 
 # ------------------------------------------------------------------------------------ options
 
 KD_LOSSES = ("kl", "release")
 DTYPES = ("float32", "float16", "bfloat16")
+TEACHER_MSES = ("plain", "release")
 NO_DECAY = (".gamma", ".beta", ".bias")    # suffixes of canonical names without weight decay
 PAD_ID = 1                                 # RoBERTa's <pad>; padded ids never reach the output
 
@@ -111,6 +122,10 @@ class PretrainOptions:
     init: Optional[str] = None                 # initial student weights (.params) instead of random
     loss_scale: float = 2.0 ** 15
     scale_window: int = 2000
+    batching: str = "balanced"                 # or "release": gluonnlp 0.8.3's sampler
+    loss_scaler: str = "halve"                 # or "release": the tolerant DynamicLossScaler
+    teacher_mse: str = "plain"                 # or "release": logged on the release's scale
+    recipe: str = "default"                    # the --recipe the values came from (recorded)
     progress: bool = True
     tensorboard: bool = True
 
@@ -119,8 +134,12 @@ class PretrainOptions:
         if self.kd_loss not in KD_LOSSES:
             raise ValueError("--kd-loss must be one of %s, got %r" % (", ".join(KD_LOSSES),
                                                                       self.kd_loss))
-        if self.dtype not in DTYPES:
-            raise ValueError("--dtype must be one of %s, got %r" % (", ".join(DTYPES), self.dtype))
+        for flag, value, allowed in (("--dtype", self.dtype, DTYPES),
+                                     ("--batching", self.batching, BATCHINGS),
+                                     ("--loss-scaler", self.loss_scaler, LOSS_SCALERS),
+                                     ("--teacher-mse", self.teacher_mse, TEACHER_MSES)):
+            if value not in allowed:
+                raise ValueError("%s must be one of %s, got %r" % (flag, ", ".join(allowed), value))
         for name in ("num_steps", "accumulate", "tokens_per_batch", "num_buckets",
                      "log_interval", "ckpt_interval", "scale_window"):
             if int(getattr(self, name)) < 1:
@@ -142,6 +161,24 @@ class PretrainOptions:
         return int(self.num_steps * self.warmup_ratio)
 
 
+def release_values(dtype: str) -> Dict:
+    """The option values `--recipe release` sets (explicit options win): the release's batching,
+    loss scaler (initial scale 1.5**15, window 2000 per run), logged teacher_mse and KD term;
+    its float32 path had no gradient clipping, its float16 path clipped to norm 1."""
+    return {"batching": "release", "loss_scaler": "release", "teacher_mse": "release",
+            "kd_loss": "release", "loss_scale": 1.5 ** 15, "scale_window": 2000,
+            "clip_norm": 1.0 if dtype == "float16" else 0.0, "use_avg_len": True,
+            "warmup_ratio": 0.01}
+
+
+def logged_mse(mse, options: PretrainOptions):
+    """teacher_mse as logged: ours is sum_i w_i mean_v (ps - pt)^2 / n; the release's L2Loss
+    halves that and the release then multiplies by T^2 (`--teacher-mse release`)."""
+    if options.teacher_mse == "release":
+        return mse * options.temperature ** 2 / 2.0
+    return mse
+
+
 def learning_rate(step: int, options: PretrainOptions) -> float:
     """The release's schedule for optimizer step `step` (1-based)."""
     warm = options.warmup_steps
@@ -156,36 +193,6 @@ def decays(name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------- shards
-
-def bucket_batches(lengths: np.ndarray, tokens_per_batch: int, num_buckets: int,
-                   rng: np.random.RandomState, use_avg_len: bool = True) -> List[np.ndarray]:
-    """Index arrays covering every instance exactly once, grouped by length.
-
-    Bucket keys are `num_buckets` evenly spaced lengths up to the longest (as GluonNLP's
-    FixedBucketSampler); an instance goes to the first bucket whose key is >= its length. A
-    bucket is cut into balanced batches of at most max(1, tokens_per_batch // L) rows, L the
-    bucket's mean length (`use_avg_len`, the release's default) or its key (so a padded batch
-    never exceeds the budget). Rows are shuffled inside buckets and batches across buckets.
-    """
-    lengths = np.asarray(lengths)
-    if len(lengths) == 0:
-        return []
-    top, low = int(lengths.max()), int(lengths.min())
-    keys = np.unique(np.linspace(low, top, num=max(1, num_buckets)).round().astype(np.int64))
-    keys[-1] = top
-    which = np.searchsorted(keys, lengths, side="left")
-    batches = []
-    for b, key in enumerate(keys):
-        members = np.flatnonzero(which == b)
-        if not len(members):
-            continue
-        rng.shuffle(members)
-        size = float(lengths[members].mean()) if use_avg_len else float(key)
-        rows = max(1, int(tokens_per_batch // max(size, 1.0)))
-        batches.extend(np.array_split(members, -(-len(members) // rows)))   # balanced sizes
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
-
 
 def collate(shard: Dict[str, list], rows: np.ndarray) -> Dict[str, np.ndarray]:
     """A padded MLM batch (the Backend protocol's layout) from instances `rows` of a shard."""
@@ -209,16 +216,20 @@ class BatchStream:
     """The global batches of a run, a pure function of (files, options, epoch): every batch of
     every shard (P1 fixed). `batches(start)` resumes at any position without replaying.
 
-    Shards are read lazily and one at a time (the current one stays cached)."""
+    Shards are read lazily and one at a time (the current one stays cached). `batching`
+    "release" cuts buckets as the release's sampler did (bort_core.bucketing); `shuffle=False`
+    keeps the shard order and the unshuffled batch order (the fidelity check's fixed order)."""
 
     def __init__(self, files: Sequence[str], tokens_per_batch: int, num_buckets: int = 20,
                  use_avg_len: bool = True, seed: int = 0, vocab_size: Optional[int] = None,
-                 max_length: Optional[int] = None):
+                 max_length: Optional[int] = None, batching: str = "balanced",
+                 shuffle: bool = True):
         if not files:
             raise ValueError("no shard files given")
         self.files, self.seed = list(files), seed
         self.limits = {"vocab_size": vocab_size, "max_length": max_length}
         self.tokens, self.buckets, self.avg = tokens_per_batch, num_buckets, use_avg_len
+        self.batching, self.shuffle = batching, shuffle
         self._cache = (None, None)
         self._counts = None
 
@@ -229,10 +240,15 @@ class BatchStream:
 
     def _plan(self, epoch, path):
         rng = np.random.RandomState([self.seed, epoch, self.files.index(path)])
-        return bucket_batches(self.shard(path)["valid_lengths"], self.tokens, self.buckets, rng,
-                              self.avg)
+        lengths = self.shard(path)["valid_lengths"]
+        if self.batching == "release" and self.avg:
+            return release_bucket_batches(lengths, self.tokens, self.buckets,
+                                          rng if self.shuffle else None)
+        return bucket_batches(lengths, self.tokens, self.buckets, rng, self.avg)
 
     def epoch_files(self, epoch):
+        if not self.shuffle:
+            return list(self.files)
         order = np.random.RandomState([self.seed, epoch]).permutation(len(self.files))
         return [self.files[i] for i in order]
 
@@ -314,35 +330,6 @@ def reference_losses(student_logits, masked_ids, masked_weights, teacher_logits=
     return out
 
 
-# ------------------------------------------------------------------------------ loss scaling
-
-class LossScaler:
-    """Dynamic loss scaling for float16: the scale halves on a non-finite gradient (the step is
-    skipped and counted) and doubles after `window` finite steps in a row (an integer: P7)."""
-
-    def __init__(self, scale: float = 2.0 ** 15, window: int = 2000, enabled: bool = True):
-        self.scale = float(scale) if enabled else 1.0
-        self.window, self.enabled = int(window), enabled
-        self.good, self.skipped = 0, 0
-
-    def update(self, finite: bool) -> None:
-        if not self.enabled:
-            return
-        if not finite:
-            self.scale, self.good = max(self.scale / 2.0, 1.0), 0
-            self.skipped += 1
-            return
-        self.good += 1
-        if self.good % self.window == 0:
-            self.scale *= 2.0
-
-    def state(self) -> Dict:
-        return {"scale": self.scale, "good": self.good, "skipped": self.skipped}
-
-    def load(self, state: Dict) -> None:
-        self.scale, self.good, self.skipped = state["scale"], state["good"], state["skipped"]
-
-
 # ------------------------------------------------------------------------------- checkpoints
 
 def checkpoint_paths(ckpt_dir: str, step: int) -> Dict[str, str]:
@@ -395,7 +382,8 @@ def save_checkpoint(ckpt_dir: str, step: int, params: Dict[str, np.ndarray],
 TRAJECTORY_OPTIONS = ("num_steps", "warmup_ratio", "lr", "weight_decay", "eps", "beta1", "beta2",
                       "clip_norm", "accumulate", "tokens_per_batch", "num_buckets", "use_avg_len",
                       "temperature", "mlm_weight", "teacher_ce_weight", "kd_loss", "dtype",
-                      "dropout", "seed", "loss_scale", "scale_window")
+                      "dropout", "seed", "loss_scale", "scale_window", "batching",
+                      "loss_scaler")
 
 
 def check_resume_options(options: PretrainOptions, saved: Dict, source: str) -> None:
@@ -485,7 +473,7 @@ def make_streams(options: PretrainOptions, config):
         raise ValueError("--data: give the training shards (e.g. 'shards/part-*.npz')")
     kw = dict(tokens_per_batch=options.tokens_per_batch, num_buckets=options.num_buckets,
               use_avg_len=options.use_avg_len, seed=options.seed, vocab_size=config.vocab_size,
-              max_length=config.max_length)
+              max_length=config.max_length, batching=options.batching)
     stream = BatchStream(expand_shards(options.data), **kw)
     stream.validate()
     eval_stream = None
@@ -618,6 +606,7 @@ class Engine:
     rank = 0
     world = 1
     teacher = None    # the teacher model, when distilling
+    opt_ = None       # the run's PretrainOptions
 
     def params(self) -> Dict[str, np.ndarray]:
         """The student's canonical parameters."""
@@ -652,8 +641,10 @@ WINDOW_MEANS = ("loss", "mlm_loss", "mlm_acc", "teacher_ce", "teacher_mse", "gra
 
 def _merge(engine, stats: List[Dict]) -> Dict[str, float]:
     keys = [k for k in STAT_KEYS if engine.teacher is not None or not k.startswith("teacher")]
-    totals = engine.allreduce([sum(s.get(k, 0.0) for s in stats) for k in keys])
-    return dict(zip(keys, totals))
+    totals = dict(zip(keys, engine.allreduce([sum(s.get(k, 0.0) for s in stats) for k in keys])))
+    if "teacher_mse" in totals and engine.opt_ is not None:
+        totals["teacher_mse"] = logged_mse(totals["teacher_mse"], engine.opt_)
+    return totals
 
 
 def _local(engine, method, batch, *args) -> Dict[str, float]:
@@ -695,8 +686,8 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
         raise ValueError("--ckpt-dir %s already holds checkpoints (steps %s); pass --start-step "
                          "latest to resume that run, or choose a fresh --ckpt-dir"
                          % (options.ckpt_dir, ", ".join(map(str, complete_steps(options.ckpt_dir)))))
-    scaler = LossScaler(options.loss_scale, options.scale_window,
-                        enabled=options.dtype == "float16")
+    scaler = make_scaler(options.loss_scaler, options.loss_scale, options.scale_window,
+                         options.dtype == "float16", engine.world)
     if start:
         params, states, saved = load_checkpoint(options.ckpt_dir, start)
         check_resume_options(options, saved, checkpoint_paths(options.ckpt_dir, start)["meta"])

@@ -10,6 +10,11 @@ import numpy as np
 
 from bort_core import extraction as ose
 from bort_core import io as bio
+from bort_core.recipe import add_recipe_argument
+
+# what `--recipe release` sets in every hyper-parameter set: the release's pretraining values
+# (run_pretraining_distillation_hvd.py: --warmup_ratio 0.01, its KD term, no clipping in float32)
+RELEASE_HPARAMS = {"warmup_ratio": 0.01, "kd_loss": "release", "clip_norm": 0.0}
 
 
 def register(sub):
@@ -56,6 +61,10 @@ def register(sub):
                    "effective size)")
     p.add_argument("--lr", type=float, nargs="+", default=[ose.DEFAULT_HPARAMS["lr"]],
                    help="learning rates of Theta (default 1e-4)")
+    p.add_argument("--warmup-ratio", type=float, help="share of each training's steps with "
+                   "linear warm-up (default %g, ours; release recipe 0.01, the release's "
+                   "pretraining value)" % ose.DEFAULT_HPARAMS["warmup_ratio"])
+    add_recipe_argument(p)
     p.add_argument("--batch-size", type=int, nargs="+", default=[ose.DEFAULT_HPARAMS["batch_size"]],
                    help="batch sizes of Theta (default 8); Theta = every (lr, batch size)")
     p.add_argument("--theta", metavar="PATH",
@@ -73,11 +82,22 @@ def register(sub):
     p.set_defaults(run=run, writes=lambda args: [args.out])
 
 
+def recipe_hparams(args) -> dict:
+    """Hyper-parameters the recipe and explicit flags set on top of DEFAULT_HPARAMS."""
+    base = dict(RELEASE_HPARAMS) if args.recipe == "release" else {}
+    if args.warmup_ratio is not None:
+        if not 0.0 <= args.warmup_ratio <= 1.0:
+            raise ValueError("--warmup-ratio must be in [0, 1], got %r" % args.warmup_ratio)
+        base["warmup_ratio"] = args.warmup_ratio
+    return base
+
+
 def _theta(args):
+    base = recipe_hparams(args)
     if not args.theta:
         if any(lr <= 0 for lr in args.lr) or any(b <= 0 for b in args.batch_size):
             raise ValueError("--lr and --batch-size must be positive")
-        return ose.theta_grid(args.lr, args.batch_size, args.seed)
+        return ose.theta_grid(args.lr, args.batch_size, args.seed, base)
     try:
         with open(args.theta) as f:
             sets = json.load(f)
@@ -87,7 +107,7 @@ def _theta(args):
         raise ValueError("--theta: %s is not valid JSON (%s)" % (args.theta, err)) from None
     if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
         raise ValueError("--theta: %s must hold a JSON list of objects" % args.theta)
-    return [dict(ose.DEFAULT_HPARAMS, seed=args.seed, **s) for s in sets]
+    return [{**ose.DEFAULT_HPARAMS, **base, "seed": args.seed, **s} for s in sets]
 
 
 def run(args):

@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from bort_core.pretrain import DTYPES, KD_LOSSES, PretrainOptions
+from bort_core.bucketing import BATCHINGS
+from bort_core.loss_scaling import LOSS_SCALERS
+from bort_core.pretrain import DTYPES, KD_LOSSES, TEACHER_MSES, PretrainOptions, release_values
+from bort_core.recipe import add_recipe_argument
 
 DEMO = {"student": "bort_tiny", "num_steps": 300, "tokens_per_batch": 4096, "warmup_ratio": 0.1,
         "lr": 1e-3, "ckpt_interval": 100, "log_interval": 50, "eval_interval": 100}
@@ -24,6 +27,7 @@ def register(sub):
     d = PretrainOptions()
     a = p.add_argument
     a("--framework", required=True, choices=("gluon", "torch"), help="the engine")
+    add_recipe_argument(p)
     a("--student", "--config", dest="student", default=None, help="student config: registry "
       "name, bort_D_A_I_H or JSON such as `bort extract`'s best_config.json; --config is an "
       "alias (default %s; bort_tiny for the embedded demo run)" % d.student)
@@ -44,8 +48,8 @@ def register(sub):
     a("--weight-decay", type=float, default=d.weight_decay, help="BERTAdam decoupled weight "
       "decay, not on LayerNorm/bias (default %(default)s)")
     a("--eps", type=float, default=d.eps, help="BERTAdam epsilon (default %(default)s)")
-    a("--clip-norm", type=float, default=d.clip_norm, help="global gradient-norm clip, 0 = off "
-      "(default %(default)s)")
+    a("--clip-norm", type=float, help="global gradient-norm clip, 0 = off (default %g; "
+      "release recipe: 0 in float32, 1 in float16, as the release)" % d.clip_norm)
     a("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimizer step "
       "(default %(default)s)")
     a("--tokens-per-batch", type=int, help="tokens of one global batch, all workers together "
@@ -53,13 +57,17 @@ def register(sub):
     a("--num-buckets", type=int, default=d.num_buckets, help="length buckets (default %(default)s)")
     a("--no-avg-len", dest="use_avg_len", action="store_false", help="size batches by the "
       "bucket's longest length instead of its mean")
+    a("--batching", choices=BATCHINGS, help="balanced: tokens // mean length rows, balanced "
+      "split (default); release: gluonnlp 0.8.3's FixedBucketSampler, tokens // (mean + std)")
     a("--temperature", type=float, default=d.temperature, help="distillation T (default %(default)s)")
     a("--mlm-weight", type=float, default=d.mlm_weight, help="weight of the MLM term when "
       "distilling (default %(default)s)")
     a("--teacher-ce-weight", type=float, default=d.teacher_ce_weight, help="weight of the "
       "distillation term (default %(default)s)")
-    a("--kd-loss", choices=KD_LOSSES, default=d.kd_loss, help="kl: textbook T^2 KL (default); "
+    a("--kd-loss", choices=KD_LOSSES, help="kl: textbook T^2 KL (default); "
       "release: the 2020 term with mxnet 1.5 semantics")
+    a("--teacher-mse", choices=TEACHER_MSES, help="logged teacher_mse: plain (default) or "
+      "release (T^2/2 times plain, the release's scale)")
     a("--dtype", choices=DTYPES, default=d.dtype, help="float32; float16 (dynamic loss "
       "scaling); bfloat16 (torch autocast)")
     a("--dropout", type=float, help="override the student's dropout rates (0: deterministic)")
@@ -68,10 +76,12 @@ def register(sub):
     a("--log-interval", type=int, help="steps between log lines (default %d)" % d.log_interval)
     a("--eval-interval", type=int, help="steps between evaluations, 0 = at the end only")
     a("--start-step", help="resume from the checkpoint of this step, or 'latest'")
-    a("--loss-scale", type=float, default=d.loss_scale, help="initial float16 loss scale "
-      "(default %(default)s)")
-    a("--scale-window", type=int, default=d.scale_window, help="finite steps before the loss "
-      "scale doubles (default %(default)s)")
+    a("--loss-scale", type=float, help="initial float16 loss scale (default 2**15; release "
+      "recipe 1.5**15)")
+    a("--scale-window", type=int, help="finite steps before the loss scale doubles (default "
+      "%d; the release scaler divides it by the workers)" % d.scale_window)
+    a("--loss-scaler", choices=LOSS_SCALERS, help="halve: halve on every overflow (default); "
+      "release: cut only when overflows reach 1%% of the steps since the last rescale")
     a("--no-tensorboard", dest="tensorboard", action="store_false", help="no event files")
     a("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run, writes=lambda args: [args.ckpt_dir])
@@ -99,6 +109,10 @@ def options_from_args(args) -> PretrainOptions:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainOptions)
               if getattr(args, f.name, None) is not None}
     values["progress"] = not args.quiet
+    if args.recipe == "release":
+        for key, value in release_values(values.get("dtype", "float32")).items():
+            values.setdefault(key, value)
+    values["recipe"] = args.recipe
     if demo:
         for key, value in DEMO.items():
             values.setdefault(key, value)
