@@ -32,14 +32,19 @@ def length_buckets(lengths, num_buckets: int, scheme: str = "count") -> List[np.
     FixedBucketSampler): keys max, max - w, ... (w = (1 + max - min) // num_buckets, at least
     1, none below min), each row in the smallest key not below its length."""
     lengths = np.asarray(lengths)
-    order = np.argsort(lengths, kind="mergesort")
     if scheme == "count":
+        order = np.argsort(lengths, kind="mergesort")
         return [b for b in np.array_split(order, min(num_buckets, len(order))) if len(b)]
-    top, low = int(lengths.max()), int(lengths.min())
-    width = max((1 + top - low) // num_buckets, 1)
-    keys = np.array(sorted({max(top - i * width, low) for i in range(num_buckets)}))
+    keys = width_keys(lengths, num_buckets)
     slot = np.searchsorted(keys, lengths)
     return [b for b in (np.flatnonzero(slot == k) for k in range(len(keys))) if len(b)]
+
+
+def width_keys(lengths, num_buckets: int) -> np.ndarray:
+    """The equal-width bucket keys (longest length each bucket takes), ascending."""
+    top, low = int(np.max(lengths)), int(np.min(lengths))
+    width = max((1 + top - low) // num_buckets, 1)
+    return np.array(sorted({max(top - i * width, low) for i in range(num_buckets)}))
 
 
 def train_batches(features: Dict, batch_size: int, seed: int, num_buckets: int = 15,
