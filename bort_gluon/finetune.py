@@ -5,7 +5,7 @@ around them (epochs, schedule, dev evaluation, test files) is `bort_core.finetun
 BERTAdam (weight decay except LayerNorm/bias) and the step count live on the model between calls,
 so a run split into epochs follows one schedule; gradients are clipped to a global norm
 (`clip_norm`, 1 by default) through the optimizer's `rescale_grad`. float32 only: the float16
-option is the torch twin's (see the README's deviations).
+option is the torch twin's (see docs/fidelity.md).
 """
 from __future__ import annotations
 
