@@ -1,5 +1,6 @@
-"""python -m parity {checkpoint, inputs, dump, compare, grads, throughput, train-steps}: does bort_gluon
-compute what bort_torch does, and how fast?
+"""python -m parity {checkpoint, inputs, dump, compare, grads, throughput, train-steps, fidelity}:
+does bort_gluon compute what bort_torch does, how fast, and does `--recipe release` do what the
+2020 release did?
 
   python -m parity checkpoint --config bort_4_8_768_1024 --out bort.params   # non-trivial weights
   python -m parity inputs --out in.npz --config bort_4_8_768_1024
@@ -10,8 +11,10 @@ compute what bort_torch does, and how fast?
   python -m parity grads --config bort_4_8_768_1024
   python -m parity throughput --frameworks torch,gluon,hf --batch 8 --seq 128 --json tp.json
   python -m parity train-steps --steps 20
+  python -m parity fidelity [--json fidelity.json]
 
-`compare` and `grads` exit 1 when a tap or a gradient is beyond tolerance.
+`compare` and `grads` exit 1 when a tap or a gradient is beyond tolerance; `fidelity` when a
+behaviour differs from the release's.
 """
 from __future__ import annotations
 
@@ -195,6 +198,11 @@ def cmd_train_steps(args):
     return 0 if report["ok"] else 1
 
 
+def cmd_fidelity(args):
+    from parity import fidelity
+    return fidelity.run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -302,6 +310,13 @@ def build_parser():
     p.add_argument("--show", type=int, default=5, help="parameter rows to print")
     p.add_argument("--json", help="write the report as JSON")
     p.set_defaults(run=cmd_train_steps)
+    p = sub.add_parser("fidelity", help="one row per release behaviour: the release's value "
+                       "(legacy stack or the release's formula) against ours under --recipe "
+                       "release; exit 1 on any mismatch")
+    p.add_argument("--legacy-python", help="the legacy interpreter (default "
+                   ".tox/legacy/bin/python, else $BORT_LEGACY_PYTHON)")
+    p.add_argument("--json", help="write the rows as JSON")
+    p.set_defaults(run=cmd_fidelity)
     return parser
 
 
@@ -309,7 +324,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print("parity %s: error: %s" % (args.command, err), file=sys.stderr)
         return 2
 
