@@ -42,6 +42,14 @@ def distillation_terms(logits, teacher_logits, ids, weights, normalizer, tempera
     return out
 
 
+def global_norm(grads) -> float:
+    """The global L2 norm of `grads` as GluonNLP's clip_grad_global_norm takes it: each
+    array's dot(g, g) (BLAS, float32), summed on the host in float64. MXNet's CPU `norm` is
+    ~20x slower and accumulates worse (-7.5% on a 51M-element random array against -0.05%)."""
+    squares = [mx.nd.dot(g.reshape((-1,)), g.reshape((-1,))) for g in grads]
+    return float(np.sqrt(np.sum(mx.nd.concat(*squares, dim=0).asnumpy().astype(np.float64))))
+
+
 class Engine(core.Engine):
     """Student (+ frozen teacher) and BERTAdam on one worker; see bort_core.pretrain.Engine."""
 
@@ -105,8 +113,7 @@ class Engine(core.Engine):
             import horovod.mxnet as hvd
             for i, g in enumerate(grads):
                 hvd.allreduce_(g, op=hvd.Sum, name="grad.%d" % i)
-        norms = mx.nd.concat(*[mx.nd.norm(g).reshape((1,)) for g in grads], dim=0).asnumpy()
-        norm = float(np.sqrt(np.sum(norms.astype(np.float64) ** 2))) / scale
+        norm = global_norm(grads) / scale
         finite = bool(np.isfinite(norm))
         if finite:
             self.optimizer.set_learning_rate(lr)
