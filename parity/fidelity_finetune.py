@@ -239,13 +239,13 @@ def prune_rows() -> List[Dict]:
         halving.append(int(np.ceil(halving[-1] / 2)))
     return [_row("agora prune (--prune one)", list(range(n, 0, -1)), _alive(scores, "one"),
                  _alive(scores, "one") == list(range(n, 0, -1)),
-                 "the Agora paper's O(|Theta|^2 ...) runtime bound: |Theta| rounds, one set "
+                 "the Agora paper's O(len(Theta)^2 ...) runtime bound: len(Theta) rounds, one set "
                  "removed per round (the release shipped no Agora code); sets alive per round, "
                  "12 sets"),
             _row("agora prune (--prune half, our default)", halving, _alive(scores, "half"),
                  _alive(scores, "half") == halving,
                  "not a release behaviour: our documented rule, ceil(n / 2) sets kept per "
-                 "round (log2|Theta| + 1 rounds); sets alive per round, 12 sets")]
+                 "round (log2 len(Theta) + 1 rounds); sets alive per round, 12 sets")]
 
 
 # ----------------------------------------------------------------------------------- all
