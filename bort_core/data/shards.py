@@ -132,8 +132,9 @@ def read_fields(path: str) -> Dict[str, np.ndarray]:
     return out
 
 
-def _instances(path: str, data: Dict[str, np.ndarray], n: int) -> Dict[str, list]:
-    """Per-instance lists of the required fields, from either layout (checked on the way)."""
+def _flat_fields(path: str, data: Dict[str, np.ndarray], n: int) -> Dict[str, tuple]:
+    """Each per-instance field of either layout as (one flat typed array, per-instance lengths),
+    checked on the way: float32 for masked_lm_weights, int32 for the rest."""
     out = {}
     if COUNTS in data:                                          # flat
         counts = data[COUNTS]
@@ -150,7 +151,12 @@ def _instances(path: str, data: Dict[str, np.ndarray], n: int) -> Dict[str, list
                 if len(flat) != int(cuts.sum()):
                     raise ValueError("%s: %s holds %d values, its lengths add up to %d"
                                      % (path, field, len(flat), int(cuts.sum())))
-                out[field] = np.split(flat, np.cumsum(cuts)[:-1]) if n else []
+                kind = _kind(field)
+                if flat.dtype.kind not in kind and len(flat):
+                    raise ValueError("%s: %s[%d] must be a 1-D %s array, got %s %s"
+                                     % (path, field, int(np.argmax(cuts > 0)), _kind_name(kind),
+                                        flat.dtype, (int(cuts[np.argmax(cuts > 0)]),)))
+                out[field] = (flat.astype(_dtype(field)), cuts.astype(np.int64))
         return out
     for field in [f for f in TOKEN_FIELDS + MASKED_FIELDS if f in data]:   # 2020 layout
         arr = data[field]
@@ -162,8 +168,34 @@ def _instances(path: str, data: Dict[str, np.ndarray], n: int) -> Dict[str, list
         if len(arr) != n:
             raise ValueError("%s: field %s has %d instances, valid_lengths has %d"
                              % (path, field, len(arr), n))
-        out[field] = list(arr)
+        kind, rows = _kind(field), []
+        for i, row in enumerate(arr):
+            row = np.asarray(row)
+            if row.ndim != 1 or row.dtype.kind not in kind:
+                raise ValueError("%s: %s[%d] must be a 1-D %s array, got %s %s"
+                                 % (path, field, i, _kind_name(kind), row.dtype, row.shape))
+            rows.append(row)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        flat = np.concatenate(rows).astype(_dtype(field)) if n else np.zeros(0, _dtype(field))
+        out[field] = (flat, lengths)
     return out
+
+
+def _kind(field: str) -> str:
+    return "f" if field == "masked_lm_weights" else "iu"
+
+
+def _kind_name(kind: str) -> str:
+    return "float" if kind == "f" else "integer"
+
+
+def _dtype(field: str):
+    return np.float32 if field == "masked_lm_weights" else np.int32
+
+
+def _first_instance(bad: np.ndarray, lengths: np.ndarray) -> int:
+    """The instance holding the first flagged value of a flat field cut by `lengths`."""
+    return int(np.searchsorted(np.cumsum(lengths), np.argmax(bad), side="right"))
 
 
 def load_shard(path: str, vocab_size: Optional[int] = None,
@@ -193,39 +225,39 @@ def load_shard(path: str, vocab_size: Optional[int] = None,
             raise ValueError("%s: next_sentence_labels must hold %d integers, got %s %s"
                              % (path, n, labels.dtype, labels.shape))
         out["next_sentence_labels"] = labels.astype(np.int32)
-    for field, rows in _instances(path, data, n).items():
-        kind = "f" if field == "masked_lm_weights" else "iu"
-        checked = []
-        for i, row in enumerate(rows):
-            row = np.asarray(row)
-            if row.ndim != 1 or row.dtype.kind not in kind:
-                raise ValueError("%s: %s[%d] must be a 1-D %s array, got %s %s"
-                                 % (path, field, i, "float" if kind == "f" else "integer",
-                                    row.dtype, row.shape))
-            checked.append(row.astype(np.float32 if kind == "f" else np.int32))
-        out[field] = checked
-    for i in range(n):
-        length, m = int(out["valid_lengths"][i]), len(out["masked_lm_ids"][i])
-        for field in TOKEN_FIELDS:
-            if field in out and (len(out[field][i]) != length or length < 1):
-                raise ValueError("%s: instance %d has %d %s but valid_length %d"
-                                 % (path, i, len(out[field][i]), field, length))
-        if len(out["masked_lm_positions"][i]) != m or len(out["masked_lm_weights"][i]) != m:
-            raise ValueError("%s: instance %d: masked_lm_positions/ids/weights lengths differ"
-                             % (path, i))
-        pos = out["masked_lm_positions"][i]
-        if m and (pos.min() < 0 or pos.max() >= length):
-            raise ValueError("%s: instance %d: a masked position lies outside [0, %d)"
-                             % (path, i, length))
-        if not np.isfinite(out["masked_lm_weights"][i]).all():
-            raise ValueError("%s: instance %d: masked_lm_weights holds a non-finite value"
-                             % (path, i))
-        if vocab_size is not None:
-            for field in ("input_ids", "masked_lm_ids"):
-                ids = out[field][i]
-                if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
-                    raise ValueError("%s: instance %d: %s has ids outside the vocabulary "
-                                     "[0, %d)" % (path, i, field, vocab_size))
+    fields = _flat_fields(path, data, n)
+    valid = lengths.astype(np.int64)
+    for field in [f for f in TOKEN_FIELDS if f in fields]:
+        bad = (fields[field][1] != valid) | (valid < 1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError("%s: instance %d has %d %s but valid_length %d"
+                             % (path, i, int(fields[field][1][i]), field, int(valid[i])))
+    masked = fields["masked_lm_ids"][1]
+    bad = (fields["masked_lm_positions"][1] != masked) | (fields["masked_lm_weights"][1] != masked)
+    if bad.any():
+        raise ValueError("%s: instance %d: masked_lm_positions/ids/weights lengths differ"
+                         % (path, int(np.argmax(bad))))
+    pos = fields["masked_lm_positions"][0]
+    bad = (pos < 0) | (pos >= np.repeat(valid, masked))
+    if bad.any():
+        i = _first_instance(bad, masked)
+        raise ValueError("%s: instance %d: a masked position lies outside [0, %d)"
+                         % (path, i, int(valid[i])))
+    bad = ~np.isfinite(fields["masked_lm_weights"][0])
+    if bad.any():
+        raise ValueError("%s: instance %d: masked_lm_weights holds a non-finite value"
+                         % (path, _first_instance(bad, masked)))
+    if vocab_size is not None:
+        for field in ("input_ids", "masked_lm_ids"):
+            ids, cuts = fields[field]
+            bad = (ids < 0) | (ids >= vocab_size)
+            if bad.any():
+                raise ValueError("%s: instance %d: %s has ids outside the vocabulary [0, %d)"
+                                 % (path, _first_instance(bad, cuts), field, vocab_size))
+    for field, (flat, cuts) in fields.items():
+        ends = np.cumsum(cuts).tolist()
+        out[field] = [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
     return out
 
 
