@@ -4,7 +4,7 @@
 (grad_req='add'), GluonNLP's BERTAdam updates it through an MXNet updater, and Horovod sums the
 gradients over workers once per optimizer step (`horovodrun`, gloo on CPU, NCCL on GPU).
 `pretrain(options)` runs a whole job. Precision: float32 (float16 and bfloat16 are offered by
-the torch twin only; see the README's deviations).
+the torch twin only; see docs/fidelity.md).
 """
 from __future__ import annotations
 
