@@ -45,6 +45,11 @@ class _State:
         self.optimizer.aggregate_num = MULTI_TENSOR
         self.updater = mx.optimizer.get_updater(self.optimizer)
         self.indices = list(range(len(self.order)))
+        # the parameters' own buffers (written in place every step) and 1-D views of the grads
+        ctx = _ctx(model)
+        self.weights = [self.named[n].data(ctx) for n in self.order]
+        self.grads = [self.named[n].grad(ctx) for n in self.order]
+        self.flat_grads = [g.reshape((-1,)) for g in self.grads]
         self.step = 0
 
 
@@ -64,6 +69,13 @@ def _ctx(model):
 def _arrays(batch, ctx):
     return (mx.nd.array(batch["input_ids"], ctx=ctx, dtype="float32"),
             mx.nd.array(batch["valid_length"], ctx=ctx, dtype="float32"))
+
+
+def global_norm(flat_grads) -> float:
+    """The global L2 norm as GluonNLP's clip_grad_global_norm (and bort_gluon.pretrain) take
+    it, on 1-D gradient views: each array's BLAS dot(g, g) in float32, summed in float64."""
+    squares = mx.nd.concat(*[mx.nd.dot(g, g) for g in flat_grads], dim=0).asnumpy()
+    return float(np.sqrt(np.sum(squares.astype(np.float64))))
 
 
 def loss_fn(logits, labels):
@@ -91,12 +103,10 @@ def train_classifier(model, batches: Iterable[Dict], steps: int, hparams: Dict) 
         with autograd.record():
             loss = loss_fn(model(inputs, valid), labels)
         loss.backward()
-        grads = [state.named[n].grad(ctx) for n in state.order]
-        norms = mx.nd.concat(*[mx.nd.norm(g).reshape((1,)) for g in grads], dim=0).asnumpy()
-        norm = float(np.sqrt(np.sum(norms.astype(np.float64) ** 2)))
+        norm = global_norm(state.flat_grads)
         state.optimizer.set_learning_rate(lr)
         state.optimizer.rescale_grad = clip_factor(norm, hparams.get("clip_norm", 1.0))
-        state.updater(state.indices, grads, [state.named[n].data(ctx) for n in state.order])
+        state.updater(state.indices, state.grads, state.weights)
         state.step += 1
         rows.append(core.step_row(state.step, float(loss.asscalar()), lr, norm, hparams))
     return rows
