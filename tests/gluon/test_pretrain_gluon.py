@@ -55,6 +55,36 @@ def test_distillation_terms_match_the_oracle(kd_loss):
         assert float(got[key].asscalar()) == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
+@pytest.mark.parametrize("kd_loss", core.KD_LOSSES)
+def test_distillation_gradient_through_autograd_matches_differences(kd_loss):
+    """The loss node's gradient reaches the logits with the weights of core.total_loss and the
+    loss scale (central differences of the float64 oracle)."""
+    rng = np.random.RandomState(1)
+    s, t = rng.normal(size=(2, 3, 17)).astype(np.float32), rng.normal(size=(2, 3, 17))
+    ids, w = rng.randint(0, 17, (2, 3)), np.array([[1, 1, 0], [1, 1, 1]], np.float32)
+    n, o, scale = float(w.sum()) + 1e-8, core.PretrainOptions(kd_loss=kd_loss), 3.0
+    logits = mx.nd.array(s)
+    logits.attach_grad()
+    with mx.autograd.record():
+        terms = gp.distillation_terms(logits, mx.nd.array(t), mx.nd.array(ids), mx.nd.array(w),
+                                      n, o.temperature, kd_loss)
+        loss = core.total_loss(terms, o) * scale
+    loss.backward()
+
+    def value(x):
+        return scale * core.total_loss(core.reference_losses(x, ids, w, t, o.temperature,
+                                                             kd_loss, n), o)
+
+    h, numeric, x = 1e-5, np.zeros(s.shape), s.astype(np.float64)
+    for i in np.ndindex(s.shape):
+        up, down = x.copy(), x.copy()
+        up[i] += h
+        down[i] -= h
+        numeric[i] = (value(up) - value(down)) / (2 * h)
+    assert logits.grad.dtype == np.float32 and np.abs(numeric).max() > 1e-3
+    np.testing.assert_allclose(logits.grad.asnumpy(), numeric, rtol=1e-4, atol=1e-7)
+
+
 def test_one_update_is_bertadam_without_decay_on_layer_norm_and_bias(shards):
     o = _options(shards, None, "", lr=0.1, warmup_ratio=0.0, clip_norm=0.0, num_steps=1)
     student, params, _, _ = core.resolve_models(o)
