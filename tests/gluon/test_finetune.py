@@ -114,6 +114,29 @@ def test_schedule_and_weight_decay_mask_live_on_the_model(gluon):
     assert {m for n, m in mults.items() if not ft.decays(n)} == {0.0}
 
 
+def test_hybridized_training_is_bit_identical_to_the_imperative_run(gluon, monkeypatch):
+    """The cached graph (unpadded path, dropout on) draws and computes exactly what the
+    imperative operators do: same rows, weights and logits."""
+    config = get_config("bort_tiny").replace(dropout=0.1, embed_dropout=0.1)
+    batches = [dict(_batch(seed=s), valid_length=np.array([12, 5, 9, 1], np.int32))
+               for s in range(3)]
+    hp = ft.make_hparams(1e-3, 0.01, 0.3, 4, 0, total_steps=3)
+    runs = []
+    for hybridize in (True, False):
+        if not hybridize:
+            monkeypatch.setattr(gf, "_hybridized", lambda model: model)
+        model = gluon.build(config, seed=0, num_classes=2)
+        rows = gf.train_classifier(model, batches, 3, hp)
+        runs.append((model._active, rows, gf.predict(model, batches),
+                     {n: p.data().asnumpy() for n, p in model._bort_finetune.named.items()}))
+    (active, rows, logits, params), (plain, want_rows, want_logits, want_params) = runs
+    assert active and not plain
+    assert rows == want_rows
+    np.testing.assert_array_equal(logits, want_logits)
+    for name, value in want_params.items():
+        np.testing.assert_array_equal(params[name], value, err_msg=name)
+
+
 def test_predict_is_deterministic_float32_logits(gluon):
     model = gluon.build(get_config("bort_tiny"), seed=0, num_classes=3)
     batches = [_batch(3), _batch(2, seed=1)]
