@@ -22,7 +22,7 @@ from mxnet import autograd
 
 from bort_core import finetune as core
 from bort_core.pretrain import clip_factor
-from bort_gluon.model import named_parameters
+from bort_gluon.model import host_array, named_parameters
 
 MULTI_TENSOR = 50   # the most arrays MXNet's multi_adamw_update takes in one call
 
@@ -67,8 +67,8 @@ def _ctx(model):
 
 
 def _arrays(batch, ctx):
-    return (mx.nd.array(batch["input_ids"], ctx=ctx, dtype="float32"),
-            mx.nd.array(batch["valid_length"], ctx=ctx, dtype="float32"))
+    return (host_array(batch["input_ids"], ctx, "float32"),
+            host_array(batch["valid_length"], ctx, "float32"))
 
 
 def global_norm(flat_grads) -> float:
@@ -98,8 +98,8 @@ def train_classifier(model, batches: Iterable[Dict], steps: int, hparams: Dict) 
     for batch in core.take_steps(batches, steps):
         lr = core.learning_rate(state.step, hparams)
         inputs, valid = _arrays(batch, ctx)
-        labels = mx.nd.array(batch["labels"], ctx=ctx, dtype=batch["labels"].dtype
-                             if batch["labels"].dtype == np.float32 else "int32")
+        labels = host_array(batch["labels"], ctx, batch["labels"].dtype
+                            if batch["labels"].dtype == np.float32 else "int32")
         with autograd.record():
             loss = loss_fn(model(inputs, valid), labels)
         loss.backward()

@@ -46,7 +46,14 @@ class Packing:
         arrays = (rows, positions, np.where(real, row_of, 0).T,
                   positions * real.shape[0] + batch, np.where(real, row_of, rows.size))
         self.size = rows.size
-        self.arrays = [mx.nd.array(a, ctx=valid_length.context, dtype="int32") for a in arrays]
+        self.arrays = [host_array(a, valid_length.context, "int32") for a in arrays]
+
+
+def host_array(values, ctx, dtype) -> mx.nd.NDArray:
+    """`mx.nd.array(values, ctx, dtype)` without its indexing machinery (3x less Python)."""
+    out = mx.nd.empty(np.shape(values), ctx=ctx, dtype=dtype)
+    out._sync_copyfrom(values)
+    return out
 
 
 def _value(F, param, like):
