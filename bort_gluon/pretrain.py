@@ -1,10 +1,10 @@
 """Distillation pretraining in MXNet/GluonNLP, as the 2020 release ran it.
 
 `Engine` implements `bort_core.pretrain.Engine`: the student accumulates gradients
-(grad_req='add'), GluonNLP's BERTAdam updates it through an MXNet updater, and Horovod sums the
-gradients over workers once per optimizer step (`horovodrun`, gloo on CPU, NCCL on GPU).
-`pretrain(options)` runs a whole job. Precision: float32 (float16 and bfloat16 are offered by
-the torch twin only; see docs/fidelity.md).
+(grad_req='add'; 'write' for one micro-batch on one worker), GluonNLP's BERTAdam updates it
+through an MXNet updater, and Horovod sums the gradients over workers once per optimizer step
+(`horovodrun`, gloo on CPU, NCCL on GPU). `pretrain(options)` runs a whole job. Precision:
+float32 (float16 and bfloat16 are offered by the torch twin only; see docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -76,8 +76,11 @@ class Engine(core.Engine):
             teacher.collect_params().setattr("grad_req", "null")
         self.named = named_parameters(self.model)
         self.order = list(self.named)
+        # one backward per step on one worker: gradients written, not accumulated into
+        # buffers that each step then zeroes (same sums; saves two passes over the parameters)
+        self.accumulating = options.accumulate > 1 or world > 1
         for name, p in self.named.items():
-            p.grad_req = "add"
+            p.grad_req = "add" if self.accumulating else "write"
             p.wd_mult = 1.0 if core.decays(name) else 0.0
         self.optimizer = BERTAdam(learning_rate=options.lr, beta1=options.beta1,
                                   beta2=options.beta2, epsilon=options.eps,
@@ -131,8 +134,9 @@ class Engine(core.Engine):
             self.optimizer.rescale_grad = core.clip_factor(norm, self.opt_.clip_norm) / scale
             for i, n in enumerate(self.order):
                 self.updater(i, grads[i], self.named[n].data(self.ctx))
-        for g in grads:
-            g[:] = 0
+        if self.accumulating:
+            for g in grads:
+                g[:] = 0
         return {"finite": finite, "grad_norm": norm}
 
     def seed(self, value):

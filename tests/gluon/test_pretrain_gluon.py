@@ -104,6 +104,24 @@ def test_one_update_is_bertadam_without_decay_on_layer_norm_and_bias(shards):
         np.testing.assert_allclose(after[name] - w0, step, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradients_written_for_one_micro_batch_summed_for_more(shards, accumulate):
+    """One micro-batch a step: each backward writes the gradients (no zeroing pass); with
+    accumulation they add up and the update clears them."""
+    o = _options(shards, None, "", dropout=0.0, accumulate=accumulate)
+    student, params, _, _ = core.resolve_models(o)
+    engine = gp.Engine(o, gp.build_model(student, params))
+    batch = next(core.BatchStream(sh.expand_shards(shards), 160).batches())
+    grads = lambda: np.concatenate([p.grad().asnumpy().ravel() for p in engine.named.values()])
+    engine.backward(batch, core.normalizer(batch), 1.0)
+    once = grads()
+    engine.backward(batch, core.normalizer(batch), 1.0)
+    assert np.abs(once).max() > 0
+    np.testing.assert_allclose(grads(), accumulate * once, rtol=1e-5, atol=1e-9)
+    engine.update(0.0, 1.0)
+    assert (np.abs(grads()).max() == 0) == (accumulate > 1)
+
+
 def _train(options):
     return gp.pretrain(options), ckpt.load_params(core.checkpoint_paths(
         options.ckpt_dir, options.num_steps)["params"])
