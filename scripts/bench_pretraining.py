@@ -2,7 +2,7 @@
 
     python scripts/bench_pretraining.py [--steps 5] [--warmup 2] [--tokens-per-batch 1024]
         [--data demo|synthetic] [--variants gluon:float32,torch:float32,torch:bfloat16]
-        [--threads N] [--expect-match R] [--json bench_pretraining.json]
+        [--threads N] [--repeats N] [--expect-match R] [--json bench_pretraining.json]
 
 The full-size student (bort_4_8_768_1024 by default) is distilled from a small random teacher
 (bort_2_4_512_256, the student's vocabulary). Data: the demo shards of the embedded corpus
@@ -17,7 +17,8 @@ tokens/s = valid (unpadded) tokens of the timed steps / their wall time. torch b
 torch.autocast on the CPU (AMX/AVX512-BF16 where the CPU has them); gluon trains in float32 only.
 
 Writes JSON (--json) and prints a markdown table with the machine, versions and thread count,
-then the tokens/s ratio of every two variants of one dtype (parity.throughput's pairs table);
+then the tokens/s ratio of every two variants of one dtype (parity.throughput's pairs table;
+with --repeats N the list runs N times in turn and the ratios are of the medians);
 --expect-match R exits 1 when one of those pairs differs by more than R.
 The load average before and after each variant is recorded: on a shared machine it tells how
 much other work ran alongside. There, pass --threads 1: an OpenMP pool as wide as the machine
@@ -152,11 +153,21 @@ def run_variant(spec, timeout):
     return record
 
 
+def medians(report):
+    """One record per variant that ran: tokens/s the median over its --repeats runs."""
+    runs = {}
+    for r in report["records"]:
+        if r["ok"]:
+            runs.setdefault((r["framework"], r["dtype"]), []).append(r["tokens_per_s"])
+    return [dict(framework=fw, dtype=dtype, runs=len(v), tokens_per_s=statistics.median(v))
+            for (fw, dtype), v in runs.items()]
+
+
 def pairs(report):
-    """parity.throughput's pair rows for the variants that ran (a pair shares a dtype)."""
+    """parity.throughput's pair rows for the variants that ran (a pair shares a dtype), on
+    each variant's median tokens/s."""
     return tp.pair_ratios([dict(r, config=report["student"], mode="train", device="cpu",
-                                batch="-", seq="-", error=None if r["ok"] else "failed")
-                           for r in report["records"]])
+                                batch="-", seq="-") for r in medians(report)])
 
 
 def markdown(report, factor=None):
@@ -193,6 +204,12 @@ def markdown(report, factor=None):
         lines.append("| %s | %s | %.0f | %.2f | %.0f | %.0f | %s |" % (
             r["framework"], r["dtype"], r["tokens_per_s"], r["median_step_s"],
             r["tokens_per_step"], r["peak_rss_mb"], load))
+    if report.get("repeats", 1) > 1:
+        lines += ["", "Medians over the %d runs of each variant (run in turn: A B A B ...):"
+                  % report["repeats"], "", "| framework | dtype | runs | median tokens/s |",
+                  "|---|---|---:|---:|"]
+        lines += ["| %s | %s | %d | %.0f |" % (r["framework"], r["dtype"], r["runs"],
+                                              r["tokens_per_s"]) for r in medians(report)]
     rows = pairs(report)
     if rows:
         lines += ["", tp.pairs_table(rows, factor)]
@@ -218,6 +235,8 @@ def main(argv=None):
                    "synthetic row at most")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads per "
                    "process (default: all cores)")
+    p.add_argument("--repeats", type=int, default=1, help="run the variant list this many times "
+                   "in turn (A B A B ...); the pairs compare each variant's median")
     p.add_argument("--timeout", type=int, default=600, help="seconds per variant")
     p.add_argument("--expect-match", type=float, metavar="R", help="exit 1 when two variants "
                    "of one dtype differ by more than the factor R (>= 1) in tokens/s, or when "
@@ -228,8 +247,8 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-    if args.warmup < 1 or args.steps < 1:
-        p.error("--warmup and --steps must be at least 1")
+    if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
+        p.error("--warmup, --steps and --repeats must be at least 1")
     if args.expect_match is not None and not args.expect_match >= 1:
         p.error("--expect-match must be a factor >= 1")
     variants = parse_variants(args.variants)
@@ -237,10 +256,11 @@ def main(argv=None):
               "steps": args.steps,
               "warmup": args.warmup, "tokens_per_batch": args.tokens_per_batch,
               "max_len": args.max_len, "max_predictions": args.max_predictions,
-              "threads": args.threads, "host": tp.host_info(), "records": []}
+              "threads": args.threads, "repeats": args.repeats, "host": tp.host_info(),
+              "records": []}
     with tempfile.TemporaryDirectory(prefix="bort-bench-pretrain-") as workdir:
         data, teacher_path = prepare(workdir, args)
-        for framework, dtype in variants:
+        for framework, dtype in variants * args.repeats:
             spec = dict(framework=framework, dtype=dtype, student=args.student,
                         teacher=args.teacher, teacher_path=teacher_path, data=data,
                         steps=args.steps, warmup=args.warmup, threads=args.threads,

@@ -115,7 +115,7 @@ def test_cli_expect_match_exit_status_and_report(tmp_path, monkeypatch, capsys, 
     assert ("MISMATCH: torch / gluon = 1.43x" in report) == bool(rc)
 
 
-def test_bench_pretraining_reports_each_pair_of_one_dtype():
+def _bench_pretraining():
     import importlib.util
     import os
 
@@ -124,6 +124,11 @@ def test_bench_pretraining_reports_each_pair_of_one_dtype():
     spec = importlib.util.spec_from_file_location("bench_pretraining", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_pretraining_reports_each_pair_of_one_dtype():
+    bench = _bench_pretraining()
     run = dict(ok=True, median_step_s=1.0, tokens_per_step=900.0, peak_rss_mb=1.0,
                load_before=[1.0], load_after=[1.0])
     report = dict(student="bort", teacher="t", data="demo", tokens_per_batch=1024, threads=1,
@@ -138,6 +143,22 @@ def test_bench_pretraining_reports_each_pair_of_one_dtype():
         ("gluon", "torch", "float32", 0.9)]
     assert "| gluon / torch | bort | float32 | train | - | - | 0.90x | yes |" in \
         bench.markdown(report, 1.25)
+
+
+def test_bench_pretraining_repeats_compare_medians():
+    bench = _bench_pretraining()
+    run = dict(ok=True, median_step_s=1.0, tokens_per_step=900.0, peak_rss_mb=1.0,
+               load_before=[1.0], load_after=[1.0], dtype="float32")
+    speeds = [("gluon", 90.0), ("torch", 100.0), ("gluon", 130.0), ("torch", 80.0),
+              ("gluon", 120.0), ("torch", 110.0)]
+    report = dict(student="bort", teacher="t", data="demo", tokens_per_batch=1024, threads=1,
+                  warmup=1, steps=2, repeats=3, host=tp.host_info(), records=[
+                      dict(run, framework=fw, tokens_per_s=v) for fw, v in speeds])
+    assert [(r["a"], r["b"], r["ratio"]) for r in bench.pairs(report)] == [
+        ("gluon", "torch", 1.2)]                    # medians 120 and 100, no gluon / gluon row
+    text = bench.markdown(report, 1.25)
+    assert "| gluon | float32 | 3 | 120 |" in text and "| torch | float32 | 3 | 100 |" in text
+    assert "| gluon / torch | bort | float32 | train | - | - | 1.20x | yes |" in text
 
 
 def test_cli_side_by_side_on_a_tiny_config(tmp_path, capsys):
