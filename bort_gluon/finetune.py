@@ -7,8 +7,8 @@ so a run split into epochs follows one schedule; gradients are clipped to a glob
 (`clip_norm`, 1 by default) through the optimizer's `rescale_grad`. float32 only: the float16
 option is the torch twin's (see docs/fidelity.md).
 
-Speed: training and prediction hybridize the model (`_hybridized`: the unpadded path as one
-cached graph instead of ~140 imperative operator calls a step) and BERTAdam updates every
+Speed: training and both predictions hybridize the model (`_hybridized`: the unpadded path as
+one cached graph instead of ~140 imperative operator calls a step) and BERTAdam updates every
 parameter in one multi-tensor call; the results are bit-identical to the imperative run.
 """
 from __future__ import annotations
@@ -124,10 +124,11 @@ def predict_mlm(model, batches: Iterable[Dict]) -> List[np.ndarray]:
     """MLM logits (B, M, V) at each batch's `masked_positions`, inference mode, one array a
     batch (what Agora's masked-LM resampling draws replacement tokens from)."""
     ctx = _ctx(model)
+    _hybridized(model)
     out = []
     for b in batches:
         inputs, valid = _arrays(b, ctx)
-        positions = mx.nd.array(b["masked_positions"], ctx=ctx, dtype="float32")
+        positions = host_array(b["masked_positions"], ctx, "float32")
         _, logits = model(inputs, valid, positions)
         out.append(logits.asnumpy())
     return out

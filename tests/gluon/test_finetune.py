@@ -150,3 +150,8 @@ def test_predict_mlm_gives_vocabulary_logits(gluon):
     batch = dict(_batch(2), masked_positions=np.array([[1, 3, 0], [2, 5, 7]], np.int32))
     (logits,) = gf.predict_mlm(model, [batch])
     assert logits.shape == (2, 3, 4096) and np.isfinite(logits).all()
+    assert model._active   # a cached graph, giving the imperative operators' logits
+    imperative = gluon.build(get_config("bort_tiny"), seed=0)
+    _, want = imperative(*(mx.nd.array(batch[k]) for k in ("input_ids", "valid_length",
+                                                            "masked_positions")))
+    np.testing.assert_array_equal(logits, want.asnumpy())
