@@ -4,8 +4,8 @@
         [--config runs/reproduce/pretrain-torch/config.json
          --checkpoint runs/reproduce/pretrain-torch/ckpt/0000150.params]
 
-The README's table uses the student that `tox -e reproduce` distils (the second form): a
-bort_tiny pretrained here without a teacher stayed at chance on every demo task.
+The table in docs/benchmarks/agora.md uses the student that `tox -e reproduce` distils (the
+second form): a bort_tiny pretrained here without a teacher stayed at chance on every demo task.
 
 1. Pretraining (once, cached under OUT/pretrain; skipped with --checkpoint): masked-LM shards
    from the embedded corpus (`bort create-pretraining-data`, length 128) and a small student
