@@ -30,7 +30,7 @@ class BortConfig:
     num_layers: int                 # D
     num_heads: int                  # A
     units: int                      # H: hidden width of every cell
-    hidden_size: int                # I: width of the position-wise FFN
+    hidden_size: int                # I: the FFN width, not the model width (GluonNLP's name; H is `units`)
     name: str = "custom"
     vocab_size: int = ROBERTA_VOCAB_SIZE
     max_length: int = 512

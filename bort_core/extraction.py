@@ -1,7 +1,7 @@
 """OSE: the FPTAS that extracts an optimal sub-architecture (de Wynter, arXiv 2010.08512), written
 once against the Backend protocol (bort_core.backend).
 
-Reading of the algorithm (the paper itself was not available; see shared/reference/papers.md):
+Reading of the algorithm (from the OSE and Bort papers' descriptions; docs/extraction.md):
 
 1. Search space Xi: a grid over <D, A, H, I> = (num_layers, num_heads, units, hidden_size); grid
    points with H not divisible by A are dropped (as the Bort paper did).

@@ -1,6 +1,6 @@
 """Task fine-tuning, written once over the Backend protocol (bort_core.backend).
 
-The release's loop (../shared/reference/original-code.md, "Fine-tuning"), with its bugs fixed:
+The release's loop (alexa/bort finetune_bort.py; docs/fidelity.md), with its bugs fixed:
 - schedule: warm-up from step 0 (the first update has lr 0), then linear decay floored at 1e-7,
   over `total_steps` (`learning_rate`);
 - epochs of bucketed, shuffled batches (`train_batches`), dev evaluation with the task's metrics

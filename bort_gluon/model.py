@@ -1,7 +1,7 @@
 """Bort on GluonNLP 0.10.0, as the 2020 release built it on GluonNLP 0.8.3.
 
 `BortModel` is GluonNLP's `BERTModel` around its `BERTEncoder`, with the two 0.8.3 behaviours
-that 0.10 changed put back (see ../shared/reference/original-code.md):
+that 0.10 changed put back (docs/models.md):
 - a dropout (`embed_dropout`) right after the word embedding (0.10 dropped it);
 - the MLM decoder's LayerNorm uses eps 1e-12 (`decoder_layer_norm_eps`), not the encoder's.
 Parameter names are the canonical ones (`bort_core.arch.canonical_shapes`).

@@ -3,7 +3,7 @@
 Module names reproduce GluonNLP's structural names, so a state dict differs from the canonical
 checkpoint names only where PyTorch's LayerNorm says `weight`/`bias` for GluonNLP's
 `gamma`/`beta` (the one mapping table: `bort_core.convert.canonical_name`). Computation order, masking and
-dropout placement follow the 2020 model (../shared/reference/original-code.md): word embedding
+dropout placement follow the 2020 model (docs/models.md): word embedding
 -> dropout -> + positions 0..L-1 -> dropout -> LayerNorm -> post-LN cells; outputs beyond
 `valid_length` are zeroed; the MLM decoder's LayerNorm uses eps 1e-12.
 

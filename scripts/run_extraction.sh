@@ -2,16 +2,19 @@
 # OSE extraction (bort extract), small default: the `tiny` search space (16 members) on shards of
 # the embedded demo corpus, in both frameworks from the same seed, then the two rankings compared.
 # Everything offline; a few minutes on 2 CPU cores. Knobs (environment):
-#   OUT=runs/extraction  SPACE=tiny  EPS=1  STEPS=20  LR=1e-3  BATCH=8  FRAMEWORKS="gluon torch"
+#   OUT=runs/extraction  SPACE=tiny  EPSILON=1  STEPS=20  LR=1e-3  BATCH=8  FRAMEWORKS="gluon torch"
 #   RESUME=1 continues an interrupted run instead of starting afresh.
 # Any further arguments go to every `bort extract` call (e.g. --teacher PATH --teacher-config NAME).
-# For the Bort paper's grid: SPACE=bort EPS=10 STEPS=200 and pretraining shards of real text
+# For the Bort paper's grid: SPACE=bort EPSILON=10 STEPS=200 and pretraining shards of real text
 # (DATA=glob); `bort extract --dry-run --out DIR` shows the plan first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/extraction}"
 SPACE="${SPACE:-tiny}"
-EPS="${EPS:-1}"
+if [ -n "${EPS:-}" ]; then   # the old name (run_finetune.sh's EPS counts epochs, as the release's)
+    echo "run_extraction.sh: EPS is deprecated, use EPSILON (the FPTAS interval)" >&2
+fi
+EPSILON="${EPSILON:-${EPS:-1}}"
 STEPS="${STEPS:-20}"
 LR="${LR:-1e-3}"
 BATCH="${BATCH:-8}"
@@ -30,11 +33,11 @@ if [ ! -e "$OUT/data/part-000.npz" ] && [ "$DATA" = "$OUT/data/part-*.npz" ]; th
 fi
 
 for fw in $FRAMEWORKS; do
-    echo "== bort extract --framework $fw ($SPACE space, eps $EPS, $STEPS steps)"
+    echo "== bort extract --framework $fw ($SPACE space, eps $EPSILON, $STEPS steps)"
     extra=()
     if [ "$RESUME" = 1 ] && [ -e "$OUT/$fw/run.json" ]; then extra+=(--resume); fi
     start=$(date +%s)
-    bort extract --framework "$fw" --search-space "$SPACE" --epsilon "$EPS" --steps "$STEPS" \
+    bort extract --framework "$fw" --search-space "$SPACE" --epsilon "$EPSILON" --steps "$STEPS" \
         --lr $LR --batch-size $BATCH --data $DATA --out "$OUT/$fw" "${extra[@]}" "$@"
     echo "$fw: $(( $(date +%s) - start )) s"
 done

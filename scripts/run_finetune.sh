@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fine-tune Bort on one task with the 2020 release's recommended settings:
-#   scripts/run_finetune.sh TASK            e.g. RTE, MRPC, SST-2, BoolQ, RACE-H (`bort data tasks`)
+#   scripts/run_finetune.sh TASK            e.g. RTE, MRPC, SST-2, BoolQ, RACE-H (the task list: docs/data.md)
 #   scripts/run_finetune.sh TEST1           smoke test, GLUE: WNLI on the hand-made fixtures
 #   scripts/run_finetune.sh TEST2           smoke test, SuperGLUE: WSC on the hand-made fixtures
 # Release values: 1 epoch, 1 ramp-up epoch, batch 8, seed 2, lr 5e-5, max_len 512, weight decay

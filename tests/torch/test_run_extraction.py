@@ -20,7 +20,7 @@ OUTPUTS = ("ranking.csv", "ranking.json", "best_config.json", "pareto.png")
 
 
 def _run(out, cwd, frameworks="torch", **env):
-    env = dict(os.environ, OUT=str(out), FRAMEWORKS=frameworks, STEPS="2", EPS="8",
+    env = dict(os.environ, OUT=str(out), FRAMEWORKS=frameworks, STEPS="2", EPSILON="8",
                OMP_NUM_THREADS="1",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env)
     done = subprocess.run(["bash", SCRIPT], cwd=cwd, env=env, capture_output=True, text=True,
