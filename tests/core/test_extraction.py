@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -224,9 +223,7 @@ def test_bad_settings_are_rejected():
 
 
 def test_cli_dry_run_on_the_bort_grid(tmp_path, capsys):
-    start = time.time()
     assert main(["extract", "--dry-run", "--epsilon", "4", "--out", str(tmp_path)]) == 0
-    assert time.time() - start < 1.0
     out = capsys.readouterr().out
     assert "300 members" in out and "75 candidates" in out and "75 planned trainings" in out
     table = json.load(open(tmp_path / "candidates.json"))
