@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import subprocess
+import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -38,18 +39,22 @@ def find_legacy_python() -> Optional[str]:
     return os.environ.get("BORT_LEGACY_PYTHON") or None
 
 
-def call_legacy(python: Optional[str], request: Dict) -> Dict:
-    """`parity.fidelity_legacy`'s answer to `request`, run by the legacy interpreter."""
+def call_legacy(python: Optional[str], request: Dict, module: str = "fidelity_legacy") -> Dict:
+    """`parity.<module>`'s answer to `request`, run by the legacy interpreter. Only the parity
+    package is put on its path (a link in a temporary folder): the folder holding the package
+    may be a newer Python's site-packages, whose numpy the legacy interpreter cannot import."""
     if not python or not os.path.exists(python):
         raise LegacyMissing("no legacy interpreter (%s): build it with `tox -e legacy` or set "
                             "BORT_LEGACY_PYTHON" % (python or LEGACY_DEFAULT))
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    done = subprocess.run([python, "-W", "ignore", "-m", "parity.fidelity_legacy"], cwd=ROOT,
-                          input=json.dumps(request), capture_output=True, text=True, env=env,
-                          timeout=600)
+    with tempfile.TemporaryDirectory(prefix="bort-legacy-") as path:
+        os.symlink(os.path.dirname(os.path.abspath(__file__)), os.path.join(path, "parity"))
+        env = dict(os.environ, PYTHONPATH=path,
+                   OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        done = subprocess.run([python, "-W", "ignore", "-m", "parity." + module], cwd=path,
+                              input=json.dumps(request), capture_output=True, text=True, env=env,
+                              timeout=600)
     if done.returncode:
-        raise RuntimeError("parity.fidelity_legacy failed under %s:\n%s"
-                           % (python, done.stderr[-2000:]))
+        raise RuntimeError("parity.%s failed under %s:\n%s" % (module, python, done.stderr[-2000:]))
     return json.loads(done.stdout)
 
 

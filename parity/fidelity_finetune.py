@@ -10,7 +10,6 @@ and say why.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from typing import Dict, List, Optional
@@ -23,7 +22,6 @@ from bort_core.configs import get_config
 from bort_core.data.batches import length_buckets, train_batches, width_keys
 from parity.fidelity_finetune_legacy import moments
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = ft.FinetuneOptions(recipe="release")
 CONFIG = get_config("bort_4_8_768_1024")     # the released model: heads (768, 768), (2, 768)
 SEED = 2                                     # run_finetune.sh's seed
@@ -36,14 +34,9 @@ def _row(name, release, ours, ok, how) -> Dict:
 
 def _legacy(python: Optional[str], request: Dict) -> Dict:
     """`parity.fidelity_finetune_legacy`'s answer, computed by the legacy interpreter."""
-    done = subprocess.run([python, "-W", "ignore", "-m", "parity.fidelity_finetune_legacy"],
-                          input=json.dumps(request), capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"),
-                          timeout=300)
-    if done.returncode:
-        raise RuntimeError("parity.fidelity_finetune_legacy failed: %s"
-                           % done.stderr.strip().splitlines()[-1:])
-    return json.loads(done.stdout)
+    from parity.fidelity import call_legacy
+
+    return call_legacy(python, request, module="fidelity_finetune_legacy")
 
 
 # ----------------------------------------------------------------------------- head init
