@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from bort_core.data.batches import width_keys
+
 BATCHINGS = ("balanced", "release")
 
 
@@ -44,11 +46,9 @@ def bucket_batches(lengths: np.ndarray, tokens_per_batch: int, num_buckets: int,
 
 
 def release_bucket_keys(lengths: np.ndarray, num_buckets: int) -> np.ndarray:
-    """The release's bucket keys (constant width): from the longest length down in steps of
-    max((1 + longest - shortest) // num_buckets, 1), none below the shortest; sorted, unique."""
-    top, low = int(np.max(lengths)), int(np.min(lengths))
-    width = max((1 + top - low) // num_buckets, 1)
-    return np.unique([max(top - i * width, low) for i in range(num_buckets)])
+    """The release's bucket keys: gluonnlp 0.8.3's equal-width keys, the same rule as the
+    fine-tuning sampler's (`bort_core.data.batches.width_keys`)."""
+    return width_keys(lengths, num_buckets)
 
 
 def release_batch_sizes(lengths: np.ndarray, members: List[np.ndarray],

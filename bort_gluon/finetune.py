@@ -23,6 +23,7 @@ from mxnet import autograd
 from bort_core import finetune as core
 from bort_core.pretrain import clip_factor
 from bort_gluon.model import host_array, named_parameters
+from bort_gluon.pretrain import global_norm
 
 MULTI_TENSOR = 50   # the most arrays MXNet's multi_adamw_update takes in one call
 
@@ -69,13 +70,6 @@ def _ctx(model):
 def _arrays(batch, ctx):
     return (host_array(batch["input_ids"], ctx, "float32"),
             host_array(batch["valid_length"], ctx, "float32"))
-
-
-def global_norm(flat_grads) -> float:
-    """The global L2 norm as GluonNLP's clip_grad_global_norm (and bort_gluon.pretrain) take
-    it, on 1-D gradient views: each array's BLAS dot(g, g) in float32, summed in float64."""
-    squares = mx.nd.concat(*[mx.nd.dot(g, g) for g in flat_grads], dim=0).asnumpy()
-    return float(np.sqrt(np.sum(squares.astype(np.float64))))
 
 
 def loss_fn(logits, labels):
