@@ -4,6 +4,7 @@
 picks one at run time. Everything crossing this boundary is framework-neutral: configs, numpy
 batches (dicts of arrays in the parity/pretraining formats), paths, floats and dicts of floats.
 A "model" is an opaque handle owned by the backend.
+`load_framework` imports a framework package by name: the one place bort_core reaches one.
 
 Batches
 - MLM batch: `input_ids` (B, L) int32, `valid_length` (B,) int32, `masked_positions` (B, M)
@@ -15,14 +16,31 @@ Hyper-parameters (`hparams`, a dict): `lr`, `weight_decay`, `warmup_ratio`, `bat
 """
 from __future__ import annotations
 
+import importlib
 from typing import Dict, Iterable, List, Optional
 
 from bort_core.configs import BortConfig
+from bort_core.deps import MissingDependency
 
 try:  # Protocol is 3.8+; the legacy (3.7) env never needs this module's typing
     from typing import Protocol
 except ImportError:  # pragma: no cover
     Protocol = object
+
+FRAMEWORKS = ("gluon", "torch")
+
+
+def load_framework(name: str, module: str = ""):
+    """Import `bort_<name>[.module]`, with an install hint when the framework is missing."""
+    if name not in FRAMEWORKS:
+        raise SystemExit("unknown framework %r; choose one of: %s" % (name, ", ".join(FRAMEWORKS)))
+    target = "bort_%s%s" % (name, "." + module if module else "")
+    try:
+        return importlib.import_module(target)
+    except ImportError as err:
+        raise MissingDependency("--framework %s needs %s (%s); install it with: pip install -e "
+                                "'.[%s]'" % (name, "MXNet + GluonNLP" if name == "gluon"
+                                             else "PyTorch", err, name)) from err
 
 
 class Backend(Protocol):
@@ -57,7 +75,5 @@ class Backend(Protocol):
 
 def get_backend(name: str) -> Backend:
     """`bort_<name>.backend.Backend()`, with an install hint when the framework is missing."""
-    from bort_core.cli import load_framework
-
     return load_framework(name, "backend").Backend()
 

@@ -2,7 +2,7 @@
 
 Each command lives in its own module exposing `register(subparsers)`; the module is imported
 here by name, and a command that needs a framework picks `bort_<framework>` at run time through
-`load_framework`, so `bort --help` works with neither framework installed.
+`bort_core.backend.load_framework`, so `bort --help` works with neither framework installed.
 
 A command declares the folders it writes with `set_defaults(writes=lambda args: [DIR, ...])`:
 `main` first removes the temp files an interrupted run left there (`bort_core.io`). Every
@@ -15,7 +15,9 @@ import argparse
 import importlib
 import sys
 
+from bort_core import __version__
 from bort_core import io as bio
+from bort_core.deps import MissingDependency
 
 # command name -> module that registers it (kept in the order `bort --help` lists them)
 COMMANDS = {
@@ -31,41 +33,11 @@ COMMANDS = {
     "agora": "bort_core.commands.finetune",
 }
 
-FRAMEWORKS = ("gluon", "torch")
-
-
-class MissingDependency(ImportError):
-    """An optional package a command needs is not installed (the message says how to install)."""
-
-
-def require(module: str, extra: str, what: str):
-    """Import `module`, or a MissingDependency saying that `what` needs it and which extra
-    installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise MissingDependency("%s needs %s (%s); install it with: pip install -e '.[%s]'"
-                                % (what, module, err, extra)) from None
-
-
-def load_framework(name: str, module: str = ""):
-    """Import `bort_<name>[.module]`, with an install hint when the framework is missing."""
-    if name not in FRAMEWORKS:
-        raise SystemExit("unknown framework %r; choose one of: %s" % (name, ", ".join(FRAMEWORKS)))
-    target = "bort_%s%s" % (name, "." + module if module else "")
-    try:
-        return importlib.import_module(target)
-    except ImportError as err:
-        raise MissingDependency("--framework %s needs %s (%s); install it with: pip install -e "
-                                "'.[%s]'" % (name, "MXNet + GluonNLP" if name == "gluon"
-                                             else "PyTorch", err, name)) from err
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bort", description="Bort in MXNet/GluonNLP and PyTorch: models, checkpoints, "
         "pretraining, fine-tuning, extraction and parity.")
-    from bort_core import __version__
     parser.add_argument("--version", action="version", version="bort " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -22,7 +22,7 @@ import numpy as np
 
 from bort_core import checkpoint as ckpt
 from bort_core import io as bio
-from bort_core.cli import require
+from bort_core.deps import require
 from bort_core.configs import BortConfig, get_config
 
 # The one table between bort_torch's state-dict names and the canonical (GluonNLP) names:

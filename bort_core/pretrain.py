@@ -530,7 +530,7 @@ class BackendBase:
         return evaluation_row(evaluate(engine, BatchList(batches)))
 
     def _finetune(self):
-        from bort_core.cli import load_framework
+        from bort_core.backend import load_framework
         return load_framework(self.name, "finetune")
 
     def train_classifier(self, model, batches, steps: int, hparams: Dict):

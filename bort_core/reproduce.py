@@ -833,7 +833,7 @@ def reproduce(frameworks: List[str], preset: str, out: str, seed: int, overwrite
                  vocab=os.path.join(files_dir, "roberta_bpe"),
                  corpus=[os.path.join(files_dir, "corpus", "*.txt")],
                  data_dir=os.path.join(files_dir, "glue"))
-    from bort_core.cli import load_framework
+    from bort_core.backend import load_framework
     for fw in frameworks:
         load_framework(fw)    # a missing framework fails here, not after the first stages
     run = Run(out, {"frameworks": frameworks, "preset": preset, "seed": seed,

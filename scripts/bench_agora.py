@@ -320,7 +320,7 @@ def table(task, rows):
 def main(argv=None):
     args = parse_args(argv)
     from bort_core.backend import get_backend
-    from bort_core.cli import load_framework
+    from bort_core.backend import load_framework
     from bort_core.tokenizer import load_tokenizer
 
     start = time.time()

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 
+from bort_core.data.demo import CORPUS_PATH
+from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
 from bort_core.data.shards import LAYOUTS
+from bort_core.data.tasks import TASKS, get_task, read_split
 from bort_core.tokenizer import load_tokenizer
 
 
@@ -53,8 +56,6 @@ def register(sub):
 
 
 def run_create(args):
-    from bort_core.data.demo import CORPUS_PATH
-    from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
     options = PretrainingOptions(
         max_seq_length=args.max_seq_length, masked_lm_prob=args.masked_lm_prob,
         max_predictions_per_seq=args.max_predictions_per_seq,
@@ -71,7 +72,6 @@ def run_create(args):
 
 
 def _register_check(sub):
-    from bort_core.data.tasks import TASKS
     data = sub.add_parser("data", help="inspect fine-tuning task data",
                           description="Fine-tuning task data: validate official layouts.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -90,7 +90,6 @@ def _register_check(sub):
 def run_check(args):
     import warnings
 
-    from bort_core.data.tasks import get_task, read_split
     task = get_task(args.task)
     report, skipped = {}, {}
     with warnings.catch_warnings():

@@ -13,7 +13,9 @@ import warnings
 
 from bort_core import checkpoint as ckpt
 from bort_core import io as bio
-from bort_core.cli import load_framework, require
+from bort_core.backend import load_framework
+from bort_core.convert import read_checkpoint
+from bort_core.deps import require
 
 INPUT_NAMES = ["input_ids", "valid_length"]
 OUTPUT_NAMES = ["sequence"]
@@ -71,8 +73,6 @@ def register(sub):
 
 
 def run(args):
-    from bort_core.convert import read_checkpoint
-
     if not args.out.endswith(".onnx"):
         raise ValueError("%s: the output must be a .onnx file" % args.out)
     if os.path.exists(args.out) and not args.overwrite:

@@ -10,6 +10,8 @@ import numpy as np
 
 from bort_core import extraction as ose
 from bort_core import io as bio
+from bort_core.backend import get_backend
+from bort_core.checkpoint import load_checkpoint
 from bort_core.recipe import add_recipe_argument
 
 # what `--recipe release` sets in every hyper-parameter set: the release's pretraining values
@@ -141,7 +143,6 @@ def run(args):
     vocab = plan.config(t).vocab_size
     teacher_config = None
     if args.teacher:
-        from bort_core.checkpoint import load_checkpoint
         if not os.path.exists(args.teacher):
             raise FileNotFoundError("--teacher: %s does not exist" % args.teacher)
         teacher_config, _ = load_checkpoint(args.teacher, args.teacher_config)
@@ -159,7 +160,6 @@ def run(args):
             ose.subset(train, np.arange(n - args.eval_size, n))
     ose.write_candidates(plan, args.out)     # once the inputs are known to be good
 
-    from bort_core.backend import get_backend
     backend = get_backend(args.framework)
     teacher = backend.load(teacher_config, args.teacher) if args.teacher else None
     result = ose.extract(backend, plan, settings, train, held_out, args.out, teacher=teacher,

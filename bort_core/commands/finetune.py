@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from bort_core import agora, finetune
 from bort_core.agora import GENERATORS, PRUNE_RULES, AgoraOptions
+from bort_core.backend import get_backend, load_framework
 from bort_core.data.tasks import get_task
 from bort_core.finetune import (
     BUCKET_SCHEMES,
@@ -16,6 +18,7 @@ from bort_core.finetune import (
     DTYPES,
     HORIZONS,
     FinetuneOptions,
+    resolve_config,
     str2bool,
 )
 from bort_core.recipe import add_recipe_argument
@@ -148,12 +151,9 @@ def finetune_options(args) -> FinetuneOptions:
 
 
 def run_finetune(args):
-    from bort_core.backend import get_backend
-    from bort_core.finetune import run_finetune as run
-
     options = finetune_options(args)
     get_task(options.task)    # bad names and values fail before a framework is imported
-    result = run(get_backend(args.framework), options, progress=not args.quiet)
+    result = finetune.run_finetune(get_backend(args.framework), options, progress=not args.quiet)
     for split, metrics in result["dev"].items():
         print("dev %s: %s" % (split, _fmt(metrics)))
     for split, info in result["test"].items():
@@ -164,11 +164,6 @@ def run_finetune(args):
 
 
 def run_agora(args):
-    from bort_core.agora import run_agora as run
-    from bort_core.backend import get_backend
-    from bort_core.cli import load_framework
-    from bort_core.finetune import resolve_config
-
     base = finetune_options(args)
     options = AgoraOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AgoraOptions)
                               if getattr(args, f.name, None) is not None})
@@ -184,7 +179,7 @@ def run_agora(args):
         config = resolve_config(base.config, base.checkpoint, 0.0)
         mlm_model = backend.load(config, base.checkpoint)
         mlm_logits = lambda batches: fw.predict_mlm(mlm_model, batches)  # noqa: E731
-    result = run(backend, base, options, mlm_logits, progress=not args.quiet)
+    result = agora.run_agora(backend, base, options, mlm_logits, progress=not args.quiet)
     print("agora: %d rounds, %d fine-tuning runs, %.1fs; best dev %.4f (round %s, set %s)"
           % (result["rounds"], result["runs"], result["seconds"], result["best"]["score"],
              result["best"].get("round"), result["best"].get("set")))

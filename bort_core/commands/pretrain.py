@@ -8,10 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from bort_core.backend import load_framework
 from bort_core.bucketing import BATCHINGS
+from bort_core.data.demo import CORPUS_PATH
+from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
 from bort_core.loss_scaling import LOSS_SCALERS
 from bort_core.pretrain import DTYPES, KD_LOSSES, TEACHER_MSES, PretrainOptions, release_values
 from bort_core.recipe import add_recipe_argument
+from bort_core.tokenizer import load_tokenizer
 
 DEMO = {"student": "bort_tiny", "num_steps": 300, "tokens_per_batch": 4096, "warmup_ratio": 0.1,
         "lr": 1e-3, "ckpt_interval": 100, "log_interval": 50, "eval_interval": 100}
@@ -93,9 +97,6 @@ DEMO_TRAIN, DEMO_EVAL = "part-00[01].npz", "part-002.npz"     # globs in the dem
 def demo_shards(directory: str) -> str:
     """Train and eval shards from the embedded corpus, made once in `directory`; returns the
     train glob."""
-    from bort_core.data.demo import CORPUS_PATH
-    from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
-    from bort_core.tokenizer import load_tokenizer
 
     if not os.path.exists(os.path.join(directory, DEMO_EVAL)):
         create_pretraining_data([CORPUS_PATH], directory, load_tokenizer(),
@@ -127,8 +128,6 @@ def options_from_args(args) -> PretrainOptions:
 
 
 def run(args):
-    from bort_core.cli import load_framework
-
     options = options_from_args(args)
     rows = load_framework(args.framework, "pretrain").pretrain(options)
     last = rows[-1] if rows else {}
