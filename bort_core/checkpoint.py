@@ -1,4 +1,4 @@
-"""MXNet NDArray `.params` files in pure numpy, and canonical parameter names.
+"""MXNet NDArray `.params` files in pure numpy, holding canonical parameters (`bort_core.names`).
 
 The file format (what `mx.nd.save` and `Block.save_parameters` write), all little-endian:
 
@@ -34,6 +34,7 @@ import numpy as np
 from bort_core import arch
 from bort_core import io as bio
 from bort_core.configs import BortConfig, get_config, list_configs
+from bort_core.names import DECODER_BIAS, TIED_DECODER, WORD_EMBED
 
 LIST_MAGIC = 0x112
 NDARRAY_V1_MAGIC = 0xF993FAC8
@@ -51,9 +52,6 @@ WRITABLE_FLAGS = (0, 1, 2, 3, 4, 5, 6)
 _FLAG_OF = {(d.kind, d.itemsize): f for f, d in DTYPES.items()}   # any byte order
 
 MODULE_PREFIXES = ("arg:", "aux:")   # what the Module API (mx.model.save_checkpoint) prepends
-WORD_EMBED = "word_embed.0.weight"
-TIED_DECODER = "decoder.3.weight"
-DECODER_BIAS = "decoder.3.bias"
 BACKBONE_PREFIX = "bort."            # classifier checkpoints
 HEAD_PREFIX = "classifier."
 _MAX_NDIM = 32

@@ -24,7 +24,7 @@ COMMANDS = {
     "config": "bort_core.commands.config",
     "create-pretraining-data": "bort_core.commands.data",
     "data": "bort_core.commands.data",
-    "convert": "bort_core.convert",
+    "convert": "bort_core.commands.convert",
     "reproduce": "bort_core.reproduce",
     "export-onnx": "bort_core.commands.export_onnx",
     "pretrain": "bort_core.commands.pretrain",

@@ -181,3 +181,21 @@ def get_config(name_or_path: str, vocab_size: Optional[int] = None) -> BortConfi
     if vocab_size is not None and vocab_size != config.vocab_size:
         config = config.replace(vocab_size=int(vocab_size))
     return config
+
+
+def embedded_config(data, source: str) -> BortConfig:
+    """The BortConfig a checkpoint carries (a JSON text or an already parsed object); a
+    ValueError naming `source` (file and field) when it is not a valid config."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError as err:
+            raise ValueError("%s is not valid JSON (%s)" % (source, err)) from None
+    if not isinstance(data, dict):
+        raise ValueError("%s must be a JSON object of config fields, found %s"
+                         % (source, type(data).__name__))
+    try:
+        return BortConfig.from_dict(data, source=source)
+    except (TypeError, ValueError) as err:
+        text = str(err)
+        raise ValueError(text if text.startswith(source) else "%s: %s" % (source, text)) from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import warnings
 from collections import OrderedDict
@@ -20,32 +19,12 @@ import numpy as np
 from bort_core import arch
 from bort_core import checkpoint as ckpt
 from bort_core import io as bio
-from bort_core.configs import BortConfig
+from bort_core.configs import BortConfig, embedded_config
+from bort_core.names import hf_name
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
-_CELL = {
-    "attention_cell.proj_query": "attention.self.query",
-    "attention_cell.proj_key": "attention.self.key",
-    "attention_cell.proj_value": "attention.self.value",
-    "proj": "attention.output.dense",
-    "layer_norm": "attention.output.LayerNorm",
-    "ffn.ffn_1": "intermediate.dense",
-    "ffn.ffn_2": "output.dense",
-    "ffn.layer_norm": "output.LayerNorm",
-}
-_FIXED = {
-    "word_embed.0.weight": "bert.embeddings.word_embeddings.weight",
-    "token_type_embed.0.weight": "bert.embeddings.token_type_embeddings.weight",
-    "encoder.position_weight": "bert.embeddings.position_embeddings.weight",
-    "encoder.layer_norm": "bert.embeddings.LayerNorm",
-    "decoder.0": "cls.predictions.transform.dense",
-    "decoder.2": "cls.predictions.transform.LayerNorm",
-    "decoder.3.bias": "cls.predictions.bias",
-}
-_LEAF = {"gamma": "weight", "beta": "bias", "weight": "weight", "bias": "bias"}
-_CELL_NAME = re.compile(r"^encoder\.transformer_cells\.(\d+)\.(.+)\.(weight|bias|gamma|beta)$")
 _TOKEN_TYPE = "bert.embeddings.token_type_embeddings.weight"
 # What an HF BERT file may hold beyond Bort's weights: buffers HF derives (transformers < 4.31
 # saved them), copies of the tied decoder (checked equal) and BertForPreTraining's pooler and
@@ -60,21 +39,6 @@ _DERIVED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_hea
             "intermediate_size", "hidden_act", "hidden_dropout_prob",
             "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
             "layer_norm_eps", "position_embedding_type")
-
-
-def hf_name(name: str) -> str:
-    """Canonical name -> HF BertForMaskedLM name."""
-    if name in _FIXED:
-        return _FIXED[name]
-    match = _CELL_NAME.match(name)
-    if match:
-        layer, block, leaf = match.groups()
-        if block in _CELL:
-            return "bert.encoder.layer.%s.%s.%s" % (layer, _CELL[block], _LEAF[leaf])
-    owner, _, leaf = name.rpartition(".")
-    if owner in _FIXED and leaf in _LEAF:
-        return "%s.%s" % (_FIXED[owner], _LEAF[leaf])
-    raise ValueError("parameter %s has no HuggingFace BERT counterpart" % name)
 
 
 def hf_config(config: BortConfig) -> dict:
@@ -159,8 +123,6 @@ def check_agreement(hf: dict, config: BortConfig, config_path: str) -> None:
 def load_hf(directory: str):
     """(BortConfig, canonical params) from an HF BERT directory (ours or any BertForMaskedLM
     or BertForPreTraining); a tensor Bort has no place for, or a missing one, is an error."""
-    from bort_core.convert import embedded_config, read_safetensors
-
     config_path = os.path.join(directory, CONFIG_NAME)
     weights_path = os.path.join(directory, WEIGHTS_NAME)
     for path in (config_path, weights_path):
@@ -186,7 +148,7 @@ def load_hf(directory: str):
                             layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                             decoder_layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                             name=os.path.basename(os.path.normpath(directory)))
-    tensors, _ = read_safetensors(weights_path)
+    tensors, _ = bio.read_safetensors(weights_path)
     for name in _BUFFERS:
         tensors.pop(name, None)
     for alias, target in _TIED.items():

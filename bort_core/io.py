@@ -1,4 +1,4 @@
-"""Writing files safely: atomic replacement, plain file modes, orphan temp-file cleanup.
+"""Files: atomic replacement, plain file modes, orphan temp-file cleanup, safetensors reading.
 
 Every bort writer that replaces a file goes through `atomic_path` (or `atomic_open`,
 `write_text`, `write_bytes` on top of it):
@@ -19,6 +19,8 @@ import os
 import re
 import shutil
 from typing import Callable, Iterator, List, Optional
+
+from bort_core.deps import require
 
 _ORPHAN = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")
 
@@ -168,3 +170,26 @@ def write_bytes(path: str, data: bytes) -> None:
     """Replace `path` with `data`, atomically."""
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+# ------------------------------------------------------------------------------ reading
+
+def unreadable(path, what, err) -> ValueError:
+    """The ValueError for `path` (of `what` kind) that a reader failed on with `err`."""
+    cause = type(err).__name__ + (": %s" % err if str(err) else "")
+    return ValueError("%s (%d bytes): not a readable %s; the file may be truncated or corrupt "
+                      "(%s)" % (path, os.path.getsize(path), what, cause))
+
+
+def read_safetensors(path: str):
+    """(tensors, metadata) of a safetensors file; a ValueError naming it if it is unreadable."""
+    require("safetensors", "torch", "reading %s" % path)
+    from safetensors import SafetensorError, safe_open
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(path)
+        with safe_open(path, framework="numpy") as f:
+            return tensors, f.metadata() or {}
+    except SafetensorError as err:
+        raise unreadable(path, "safetensors file", err) from err

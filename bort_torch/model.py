@@ -2,7 +2,7 @@
 
 Module names reproduce GluonNLP's structural names, so a state dict differs from the canonical
 checkpoint names only where PyTorch's LayerNorm says `weight`/`bias` for GluonNLP's
-`gamma`/`beta` (the one mapping table: `bort_core.convert.canonical_name`). Computation order, masking and
+`gamma`/`beta` (the one mapping table: `bort_core.names.canonical_name`). Computation order, masking and
 dropout placement follow the 2020 model (docs/models.md): word embedding
 -> dropout -> + positions 0..L-1 -> dropout -> LayerNorm -> post-LN cells; outputs beyond
 `valid_length` are zeroed; the MLM decoder's LayerNorm uses eps 1e-12.
@@ -23,7 +23,7 @@ from torch import nn
 
 from bort_core import checkpoint as ckpt
 from bort_core.configs import BortConfig, get_config
-from bort_core.convert import canonical_name
+from bort_core.names import TIED_DECODER, canonical_name
 
 
 class Packing:
@@ -308,7 +308,7 @@ def canonical_tensors(module: nn.Module, keep_vars: bool = False):
     once (as the word embedding)."""
     return {canonical_name(name): tensor
             for name, tensor in module.state_dict(keep_vars=keep_vars).items()
-            if not name.endswith(ckpt.TIED_DECODER)}
+            if not name.endswith(TIED_DECODER)}
 
 
 def get_params(module: nn.Module) -> Dict[str, np.ndarray]:

@@ -48,7 +48,7 @@ def torch_grads(classifier, inputs, num_classes):
     import torch
     import torch.nn.functional as F
 
-    from bort_core.convert import canonical_name
+    from bort_core.names import canonical_name
 
     mlm_target, cls_target = (torch.from_numpy(t) for t in targets(inputs, num_classes))
     ids = torch.from_numpy(inputs["input_ids"]).long()

@@ -9,8 +9,8 @@ import pytest
 from bort_core import arch
 from bort_core import checkpoint as ckpt
 from bort_core.cli import main
-from bort_core.configs import get_config
-from bort_core.convert import embedded_config, one_dtype, read_checkpoint
+from bort_core.configs import embedded_config, get_config
+from bort_core.convert import one_dtype, read_checkpoint
 
 TINY = get_config("bort_tiny").replace(vocab_size=64)
 ODD = "encoder.transformer_cells.0.proj.weight"

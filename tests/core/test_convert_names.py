@@ -2,7 +2,8 @@ import pytest
 
 from bort_core import arch, hf
 from bort_core.configs import get_config
-from bort_core.convert import canonical_name, detect_format, torch_name
+from bort_core.convert import detect_format
+from bort_core.names import canonical_name, hf_name, torch_name
 
 
 @pytest.mark.parametrize("name", ["bort_4_8_768_1024", "bert_12_768_12"])
@@ -19,13 +20,13 @@ def test_torch_names_round_trip_and_rename_only_layer_norms(name):
 
 def test_hf_names_are_distinct_and_cover_every_parameter():
     shapes = arch.canonical_shapes(get_config("bort_4_8_768_1024"))
-    names = [hf.hf_name(n) for n in shapes]
+    names = [hf_name(n) for n in shapes]
     assert len(set(names)) == len(names)
-    assert hf.hf_name("encoder.transformer_cells.3.ffn.layer_norm.gamma") == \
+    assert hf_name("encoder.transformer_cells.3.ffn.layer_norm.gamma") == \
         "bert.encoder.layer.3.output.LayerNorm.weight"
-    assert hf.hf_name("decoder.3.bias") == "cls.predictions.bias"
+    assert hf_name("decoder.3.bias") == "cls.predictions.bias"
     with pytest.raises(ValueError, match="no HuggingFace"):
-        hf.hf_name("classifier.1.weight")
+        hf_name("classifier.1.weight")
 
 
 def test_hf_config_records_what_hf_cannot_express():
