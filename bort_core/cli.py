@@ -25,7 +25,7 @@ COMMANDS = {
     "create-pretraining-data": "bort_core.commands.data",
     "data": "bort_core.commands.data",
     "convert": "bort_core.commands.convert",
-    "reproduce": "bort_core.reproduce",
+    "reproduce": "bort_core.commands.reproduce",
     "export-onnx": "bort_core.commands.export_onnx",
     "pretrain": "bort_core.commands.pretrain",
     "extract": "bort_core.commands.extract",

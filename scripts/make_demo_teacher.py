@@ -18,7 +18,9 @@ import tempfile
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"    # before any framework
 
 from bort_core import checkpoint as ckpt  # noqa: E402
-from bort_core import reproduce as rp  # noqa: E402
+from bort_core.reproduce.presets import PRESETS  # noqa: E402
+from bort_core.reproduce.runner import Run, stage  # noqa: E402
+from bort_core.reproduce.stages import make_data, teacher_stage, train_recipe  # noqa: E402
 
 SEED = 0
 
@@ -36,14 +38,13 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="retrain and compare with the "
                         "shipped teacher.params; write nothing")
     args = parser.parse_args(argv)
-    preset = dict(rp.PRESETS["demo"], teacher_checkpoint=None)
-    shipped = rp.PRESETS["demo"]["teacher_checkpoint"]
+    preset = dict(PRESETS["demo"], teacher_checkpoint=None)
+    shipped = PRESETS["demo"]["teacher_checkpoint"]
     work = args.work or tempfile.mkdtemp(prefix="demo-teacher-")
     try:
-        run = rp.Run(work, {"preset": "demo", "seed": SEED, "framework": args.framework})
-        data = rp.stage(run, "data", rp.make_data, run, preset, SEED)
-        result = rp.stage(run, "teacher", rp.teacher_stage, run, [args.framework], preset, data,
-                          SEED)
+        run = Run(work, {"preset": "demo", "seed": SEED, "framework": args.framework})
+        data = stage(run, "data", make_data, run, preset, SEED)
+        result = stage(run, "teacher", teacher_stage, run, [args.framework], preset, data, SEED)
         packed = os.path.join(work, "teacher.params")    # without the tied decoder's copy
         ckpt.save_params(packed, ckpt.drop_tied_decoder(ckpt.load_params(result["checkpoint"])))
         digest = sha256(packed)
@@ -54,9 +55,9 @@ def main(argv=None) -> int:
             return 0 if same else 1
         shutil.copyfile(packed, shipped)
         info = {"config": result["config_name"], "framework": args.framework, "seed": SEED,
-                "recipe": rp.train_recipe(preset, "teacher_"), "heldout": result["heldout"],
+                "recipe": train_recipe(preset, "teacher_"), "heldout": result["heldout"],
                 "sha256": digest, "made_by": "scripts/make_demo_teacher.py"}
-        rp.Run.write(os.path.splitext(shipped)[0] + ".json", info)
+        Run.write(os.path.splitext(shipped)[0] + ".json", info)
         print(json.dumps(info, indent=1))
         return 0
     finally:

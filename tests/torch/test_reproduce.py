@@ -9,9 +9,10 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore:the reference model scores")]
 
-from bort_core import reproduce as rp  # noqa: E402
+from bort_core.reproduce.pipeline import reproduce  # noqa: E402
+from bort_core.reproduce.presets import PRESETS  # noqa: E402
 
-SMALL = dict(rp.PRESETS["demo"], dupe_factor=1, teacher_checkpoint=None, teacher_steps=6,
+SMALL = dict(PRESETS["demo"], dupe_factor=1, teacher_checkpoint=None, teacher_steps=6,
              search_space="tiny", extract_steps=2, epsilon=8.0, pretrain_steps=6,
              tokens_per_batch=1024, tasks=["demo-single"], finetune_epochs=1,
              agora_grid={"seed": [0, 1]}, agora_epochs=1, agora_rounds=1)
@@ -19,7 +20,7 @@ SMALL = dict(rp.PRESETS["demo"], dupe_factor=1, teacher_checkpoint=None, teacher
 
 @pytest.fixture
 def small_preset(monkeypatch):
-    monkeypatch.setitem(rp.PRESETS, "small", SMALL)
+    monkeypatch.setitem(PRESETS, "small", SMALL)
 
 
 def _results(out):
@@ -29,7 +30,7 @@ def _results(out):
 
 def test_pipeline_resumes_and_repeats_itself(small_preset, tmp_path, capsys):
     out = str(tmp_path / "a")
-    summary = rp.reproduce(["torch"], "small", out, seed=3, overwrite=False)
+    summary = reproduce(["torch"], "small", out, seed=3, overwrite=False)
     res = summary["results"]
     assert res["torch"]["extracted"]["name"] in res["torch"]["extraction"]["members_by_params"]
     assert res["torch"]["pretrain_eval_after"]["kd_loss"] < res["torch"]["pretrain_eval_before"]["kd_loss"]
@@ -51,10 +52,10 @@ def test_pipeline_resumes_and_repeats_itself(small_preset, tmp_path, capsys):
         assert os.path.getsize(os.path.join(out, name)) > 0
     capsys.readouterr()
 
-    rp.reproduce(["torch"], "small", out, seed=3, overwrite=False)      # resume: nothing reruns
+    reproduce(["torch"], "small", out, seed=3, overwrite=False)      # resume: nothing reruns
     log = capsys.readouterr().out
     assert "resuming" in log and "$ bort" not in log
     assert _results(out)["results"] == res
 
-    again = rp.reproduce(["torch"], "small", str(tmp_path / "b"), seed=3, overwrite=False)
+    again = reproduce(["torch"], "small", str(tmp_path / "b"), seed=3, overwrite=False)
     assert again["results"] == res
