@@ -8,11 +8,11 @@ import pytest
 
 from bort_core import arch
 from bort_core import extraction as ose
+from bort_core.arch import initial_params
 from bort_core.checkpoint import load_params, save_params
 from bort_core.cli import main
 from bort_core.configs import get_config
 from bort_core.data.shards import object_array
-from bort_core.pretrain import initial_params
 
 GRID = ose.search_space_from_dict(
     {"D": [1, 2, 3, 4], "A": [2, 4], "H": [32, 64, 128], "I": [32, 64, 128],
