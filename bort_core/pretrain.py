@@ -14,9 +14,10 @@ Logs (every `log_interval` steps and at the last, rank 0): losses, accuracy and 
 as their mean over the steps since the previous line; lr, `skipped` (the running count of
 non-finite float16 steps) and `loss_scale` as their value at the logged step.
 
-Fixed release bugs: P1 every batch of every shard (`bort_core.data.stream`); P2 the fixed-length bucketing path works; P4 logged distillation
-terms are averaged like the loss; P5 only rank 0 logs and writes; P6 the final step is always
-checkpointed; P7 the loss-scale window is an integer; the run is seeded (`--seed`).
+Fixed release bugs: P1 every batch of every shard (`bort_core.data.stream`); P2 the
+fixed-length bucketing path works; P4 logged distillation terms are averaged like the loss; P5
+only rank 0 logs and writes; P6 the final step is always checkpointed; P7 the loss-scale window
+is an integer; the run is seeded (`--seed`).
 """
 from __future__ import annotations
 
