@@ -1,8 +1,9 @@
 """`bort <command> ...`: one CLI for both frameworks.
 
-Each command lives in its own module exposing `register(subparsers)`; the module is imported
-here by name, and a command that needs a framework picks `bort_<framework>` at run time through
-`bort_core.backend.load_framework`, so `bort --help` works with neither framework installed.
+Each command lives in a module of `bort_core.commands` exposing `register(subparsers)`, imported
+here by name (COMMAND_MODULES); a command that needs a framework picks `bort_<framework>` at run
+time through `bort_core.backend.load_framework`, so `bort --help` works with neither framework
+installed. The arguments follow one convention (`bort_core.commands.convention`).
 
 A command declares the folders it writes with `set_defaults(writes=lambda args: [DIR, ...])`:
 `main` first removes the temp files an interrupted run left there (`bort_core.io`). Every
@@ -19,19 +20,17 @@ from bort_core import __version__
 from bort_core import io as bio
 from bort_core.deps import MissingDependency
 
-# command name -> module that registers it (kept in the order `bort --help` lists them)
-COMMANDS = {
-    "config": "bort_core.commands.config",
-    "create-pretraining-data": "bort_core.commands.data",
-    "data": "bort_core.commands.data",
-    "convert": "bort_core.commands.convert",
-    "reproduce": "bort_core.commands.reproduce",
-    "export-onnx": "bort_core.commands.export_onnx",
-    "pretrain": "bort_core.commands.pretrain",
-    "extract": "bort_core.commands.extract",
-    "finetune": "bort_core.commands.finetune",
-    "agora": "bort_core.commands.finetune",
-}
+# the modules whose register(subparsers) adds the commands, in the order `bort --help` lists them
+COMMAND_MODULES = (
+    "bort_core.commands.config",
+    "bort_core.commands.data",              # create-pretraining-data, data check
+    "bort_core.commands.convert",
+    "bort_core.commands.reproduce",
+    "bort_core.commands.export_onnx",
+    "bort_core.commands.pretrain",
+    "bort_core.commands.extract",
+    "bort_core.commands.finetune",          # finetune, agora
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="bort " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMANDS.values():
+    for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return parser
 

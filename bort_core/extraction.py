@@ -20,7 +20,7 @@ Approximation guarantee as implemented: every member of Xi lies fewer than eps r
 candidate, so if W changes by at most a factor rho between p-neighbours, the returned W is at
 least W* / rho**(ceil(eps) - 1) (eps = 1 is exhaustive). tests/core/test_extraction.py checks it.
 
-Initial weights are drawn in numpy (`bort_core.arch.initial_params`) and handed to the backend as a
+Initial weights are drawn in numpy (`bort_core.pretrain.initial_params`) and handed to the backend as a
 `.params` file, so both frameworks train every candidate from identical weights on identical
 batches: with dropout off, the two rankings agree (tests/parity/test_extraction_parity.py).
 """
@@ -38,12 +38,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from bort_core import arch
+from bort_core import arch, pretrain
 from bort_core import io as bio
 from bort_core.checkpoint import save_params
 from bort_core.configs import DEMO_VOCAB_SIZE, BortConfig
 from bort_core.data import shards
-from bort_core.data.stream import collate
 
 AXES = ("num_layers", "num_heads", "units", "hidden_size")
 AXIS_ALIASES = {"D": "num_layers", "A": "num_heads", "H": "units", "I": "hidden_size"}
@@ -291,14 +290,14 @@ def train_batches(data: Dict, batch_size: int, steps: int, seed: int) -> List[Di
     for _ in range(steps):
         while len(order) < batch_size:
             order.extend(rng.permutation(len(data["valid_lengths"])).tolist())
-        out.append(collate(data, np.array(order[:batch_size])))
+        out.append(pretrain.collate(data, np.array(order[:batch_size])))
         del order[:batch_size]
     return out
 
 
 def eval_batches(data: Dict, batch_size: int = 32) -> List[Dict]:
     n = len(data["valid_lengths"])
-    return [collate(data, np.arange(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
+    return [pretrain.collate(data, np.arange(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
 
 
 # ------------------------------------------------------------------------------ the search
@@ -316,7 +315,7 @@ def error_of(metrics: Dict[str, float], kind: str) -> float:
 
 @dataclasses.dataclass
 class Settings:
-    """Everything that decides a run's results (stored in run.json; --resume must match)."""
+    """Everything that decides a run's results (stored in run.json; a resume must match)."""
 
     framework: str
     space: Dict
@@ -356,12 +355,23 @@ def theta_grid(lrs: Sequence[float], batch_sizes: Sequence[int], seed: int,
     return [dict(base, lr=lr, batch_size=bs) for lr in lrs for bs in batch_sizes]
 
 
-REFUSE_OUT = ("--out %s already holds an extraction run; pass --resume to continue it or "
-              "choose a fresh --out")
+REFUSE_OUT = "--output-dir %s already holds an extraction run; resume it, or pass --overwrite"
 
 
 def holds_run(out_dir: str) -> bool:
     return any(os.path.exists(os.path.join(out_dir, f)) for f in (RUN_FILE, TRIALS_FILE))
+
+
+def check_resumable(out_dir: str, settings: Settings) -> None:
+    """Refuse to resume the run in `out_dir` under other settings, naming those that differ."""
+    with open(os.path.join(out_dir, RUN_FILE)) as f:
+        stored = json.load(f)
+    wanted = json.loads(json.dumps(dataclasses.asdict(settings)))
+    diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    if diff:
+        raise ValueError("%s holds an extraction run with different settings (%s); resume it "
+                         "with the same flags, or pass --overwrite to start over"
+                         % (out_dir, ", ".join(diff)))
 
 
 class TrialLog:
@@ -377,12 +387,7 @@ class TrialLog:
         if holds_run(out_dir):
             if not resume:
                 raise ValueError(REFUSE_OUT % out_dir)
-            with open(run_path) as f:
-                stored = json.load(f)
-            diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-            if diff:
-                raise ValueError("--resume: %s was run with different settings (%s); use the "
-                                 "same flags or a fresh --out" % (out_dir, ", ".join(diff)))
+            check_resumable(out_dir, settings)
             self.records = self._read()
         else:
             bio.write_text(run_path, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
@@ -474,7 +479,7 @@ def extract(backend, plan: Plan, settings: Settings, train_data: Dict, eval_data
                 if key not in batches:
                     batches[key] = train_batches(train_data, key[0], settings.steps, key[1])
                 if not os.path.exists(init_path):   # one initial state per candidate
-                    save_params(init_path, arch.initial_params(config, settings.seed))
+                    save_params(init_path, pretrain.initial_params(config, settings.seed))
                 model = backend.load(config, init_path)
                 start = time.time()
                 history = backend.train_mlm(model, batches[key], settings.steps, dict(theta),

@@ -9,7 +9,8 @@ does bort_gluon compute what bort_torch does, how fast, and does `--recipe relea
   python -m parity dump --framework torch ... --out torch.npz
   python -m parity compare gluon.npz torch.npz [--json report.json]
   python -m parity grads --config bort_4_8_768_1024
-  python -m parity throughput --frameworks torch,gluon,hf --batch 8 --seq 128 --json tp.json
+  python -m parity throughput --frameworks torch,gluon,hf --batch-size 8 --seq-len 128 \\
+      --json tp.json
   python -m parity train-steps --steps 20
   python -m parity fidelity [--json fidelity.json]
 
@@ -22,6 +23,7 @@ import argparse
 import json
 import sys
 
+from bort_core.commands.convention import deprecated
 from parity import io
 
 FRAMEWORKS = ("gluon", "torch", "legacy")
@@ -141,9 +143,48 @@ def cmd_grads(args):
 
 
 def cmd_throughput(args):
-    from parity.throughput.report import command
+    import os
 
-    return command(args)
+    from parity import throughput as tp
+
+    args.progress = True
+    if args.expect_match is not None:
+        tp.mismatches([], args.expect_match)      # a bad factor is refused before any run
+    records = tp.run(args, log=lambda *a: print(*a, flush=True))
+    sections = [tp.format_table(records)]
+    configs = sorted({r["config"] for r in records if r.get("config")})
+    base = args.ratio_base if args.ratio_base in configs else None
+    if base and len(configs) > 1:
+        sections.append("speed ratio (%s tokens/s over each other config)\n\n%s" % (
+            base, tp.ratio_table(records, base)))
+    pairs = tp.pair_ratios(records)
+    if pairs:
+        sections.append("framework pairs (tokens/s of a over b)\n\n"
+                        + tp.pairs_table(pairs, args.expect_match))
+    beyond = []
+    if args.expect_match is not None:
+        beyond = tp.mismatches(pairs, args.expect_match)
+        sections.append("\n".join(
+            ["MISMATCH: %s / %s = %.2fx on %s %s %s B=%d L=%d" % (
+                r["a"], r["b"], r["ratio"], r["config"], r["dtype"], r["mode"], r["batch"],
+                r["seq"]) for r in beyond]
+            + ["throughput verdict: %s: %d of %d pairs within %gx of each other" % (
+                "FAIL" if beyond or not pairs else "PASS", len(pairs) - len(beyond), len(pairs),
+                args.expect_match)]))
+    report = "\n\n".join(sections)
+    print(report)
+    if args.json:
+        tp.write_atomic(args.json, json.dumps(records, indent=2))
+    stem = os.path.splitext(args.json)[0] if args.json else None
+    if stem:
+        tp.write_atomic(stem + ".md", report + "\n")
+        if tp.plot(records, stem + ".png"):
+            print("wrote %s, %s.md, %s.png" % (args.json, stem, stem))
+        else:
+            print("wrote %s, %s.md (no chart: matplotlib is not installed)" % (args.json, stem))
+    if not any(not r.get("error") for r in records):
+        return 1
+    return 1 if args.expect_match is not None and (beyond or not pairs) else 0
 
 
 def cmd_train_steps(args):
@@ -224,10 +265,12 @@ def build_parser():
                    "bert_24_1024_16 for the speed-ratio table)")
     p.add_argument("--checkpoint", help=".params weights (one config only; default: random "
                    "non-trivial weights written to --workdir)")
-    p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
-    p.add_argument("--preset", help="workload list instead of --batch/--seq: gluonnlp-inference "
-                   "or gluonnlp-train (GluonNLP's benchmark pairs)")
+    deprecated(p, "--batch", p.add_argument("--batch-size", type=int, default=8,
+                                            help="batch size (default 8)"))
+    deprecated(p, "--seq", p.add_argument("--seq-len", type=int, default=128,
+                                          help="sequence length (default 128)"))
+    p.add_argument("--preset", help="workload list instead of --batch-size/--seq-len: "
+                   "gluonnlp-inference or gluonnlp-train (GluonNLP's benchmark pairs)")
     p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16, or a comma "
                    "list measured side by side (torch: autocast; gluon: MXNet AMP)")
     p.add_argument("--mode", default="inference", help="inference (backbone forward) or train "

@@ -149,7 +149,7 @@ def pretrained(args) -> str:
          "--seed", 12345, "--quiet")
     ckpt_dir = os.path.join(root, "model")
     bort("pretrain", "--framework", args.framework, "--student", args.config,
-         "--data", os.path.join(root, "data", "*.npz"), "--ckpt-dir", ckpt_dir,
+         "--data", os.path.join(root, "data", "*.npz"), "--output-dir", ckpt_dir,
          "--num-steps", args.pretrain_steps, "--lr", args.pretrain_lr, "--warmup-ratio", 0.05,
          "--tokens-per-batch", args.tokens_per_batch, "--log-interval", 100,
          "--ckpt-interval", args.pretrain_steps, "--seed", 0, "--no-tensorboard", "--quiet")

@@ -40,11 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
-from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
-from parity.throughput.harness import host_info  # noqa: E402
-from parity.throughput.report import mismatches, pair_ratios, pairs_table  # noqa: E402
+from parity import throughput as tp  # noqa: E402
 
 DEFAULT_VARIANTS = "gluon:float32,torch:float32,torch:bfloat16"
 
@@ -76,7 +74,7 @@ def prepare(workdir, args):
         data = os.path.join(workdir, "part-*.npz")
     teacher = get_config(args.teacher, vocab_size=student.vocab_size)
     path = os.path.join(workdir, "teacher.params")
-    ckpt.save_params(path, initial_params(teacher, seed=1))
+    ckpt.save_params(path, core.initial_params(teacher, seed=1))
     return data, path
 
 
@@ -168,7 +166,7 @@ def medians(report):
 def pairs(report):
     """parity.throughput's pair rows for the variants that ran (a pair shares a dtype), on
     each variant's median tokens/s."""
-    return pair_ratios([dict(r, config=report["student"], mode="train", device="cpu",
+    return tp.pair_ratios([dict(r, config=report["student"], mode="train", device="cpu",
                                 batch="-", seq="-") for r in medians(report)])
 
 
@@ -214,7 +212,7 @@ def markdown(report, factor=None):
                                               r["tokens_per_s"]) for r in medians(report)]
     rows = pairs(report)
     if rows:
-        lines += ["", pairs_table(rows, factor)]
+        lines += ["", tp.pairs_table(rows, factor)]
     return "\n".join(lines)
 
 
@@ -258,7 +256,7 @@ def main(argv=None):
               "steps": args.steps,
               "warmup": args.warmup, "tokens_per_batch": args.tokens_per_batch,
               "max_len": args.max_len, "max_predictions": args.max_predictions,
-              "threads": args.threads, "repeats": args.repeats, "host": host_info(),
+              "threads": args.threads, "repeats": args.repeats, "host": tp.host_info(),
               "records": []}
     with tempfile.TemporaryDirectory(prefix="bort-bench-pretrain-") as workdir:
         data, teacher_path = prepare(workdir, args)
@@ -280,7 +278,7 @@ def main(argv=None):
     if args.expect_match is None:
         return 0
     rows = pairs(report)
-    failed = bool(mismatches(rows, args.expect_match)) or not rows
+    failed = bool(tp.mismatches(rows, args.expect_match)) or not rows
     print("pretraining throughput verdict: %s" % ("FAIL" if failed else "PASS"))
     return int(failed)
 

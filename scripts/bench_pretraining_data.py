@@ -48,7 +48,7 @@ def make_input(path: str, mb: float) -> int:
 
 
 def run(input_path: str, out_dir: str, workers: int, outputs: int, seq_len: int) -> dict:
-    cmd = [sys.executable, "-m", "bort_core.cli", "create-pretraining-data", "--input",
+    cmd = [sys.executable, "-m", "bort_core.cli", "create-pretraining-data", "--data",
            input_path, "--output-dir", out_dir, "--num-workers", str(workers), "--num-outputs",
            str(outputs), "--max-seq-length", str(seq_len), "--quiet"]
     start, peak = time.time(), 0

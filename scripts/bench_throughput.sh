@@ -27,22 +27,22 @@ TP=(python -m parity throughput --threads "$THREADS" --iters "$ITERS" --repeats 
 
 echo "== 1. fp32 inference, B=8 L=128, bort_4_8_768_1024"
 "${TP[@]}" --frameworks torch,torch-compile,torch-plain,hf,gluon,gluonnlp,onnx \
-    --batch 8 --seq 128 --json "$OUT/fp32_b8_l128.json"
+    --batch-size 8 --seq-len 128 --json "$OUT/fp32_b8_l128.json"
 
 MATCH=0
 for mode in inference train; do
     echo "== 1b. matching verdict, fp32 $mode, B=8 L=128: torch vs gluon within 1.25x"
-    "${TP[@]}" --frameworks torch,gluon --mode "$mode" --batch 8 --seq 128 --expect-match 1.25 \
+    "${TP[@]}" --frameworks torch,gluon --mode "$mode" --batch-size 8 --seq-len 128 --expect-match 1.25 \
         --json "$OUT/match_${mode}_b8_l128.json" || MATCH=1
 done
 
 echo "== 2. torch bfloat16 vs float32 (autocast), MLM-logit error vs float32"
 "${TP[@]}" --frameworks torch,torch-compile,gluon --dtype float32,bfloat16 --check-error \
-    --batch 8 --seq 128 --json "$OUT/bf16_b8_l128.json"
+    --batch-size 8 --seq-len 128 --json "$OUT/bf16_b8_l128.json"
 
 echo "== 3. Bort vs BERT-base vs BERT-large (fp32, B=8 L=128)"
 "${TP[@]}" --frameworks torch,gluon --config bort_4_8_768_1024,bert_12_768_12,bert_24_1024_16 \
-    --batch 8 --seq 128 --json "$OUT/ratios_b8_l128.json"
+    --batch-size 8 --seq-len 128 --json "$OUT/ratios_b8_l128.json"
 
 if [ "${PRESET:-0}" = 1 ]; then
     echo "== 4. GluonNLP's inference workloads"
@@ -53,9 +53,9 @@ fi
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     echo "== 5. CUDA: torch bf16 training B=32 L=512 (MFU against a measured bf16 GEMM peak)"
     "${TP[@]}" --device cuda --frameworks torch,torch-compile,gluon --dtype bfloat16 \
-        --mode train --batch 32 --seq 512 --measure-peak --json "$OUT/cuda_train_bf16.json"
+        --mode train --batch-size 32 --seq-len 512 --measure-peak --json "$OUT/cuda_train_bf16.json"
     "${TP[@]}" --device cuda --frameworks torch,torch-compile,hf,gluon --dtype float32,bfloat16,float16 \
-        --batch 32 --seq 512 --measure-peak --json "$OUT/cuda_inference.json"
+        --batch-size 32 --seq-len 512 --measure-peak --json "$OUT/cuda_inference.json"
 else
     echo "== 5. CUDA: skipped, no GPU visible (nvidia-smi)"
 fi

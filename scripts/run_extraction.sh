@@ -3,10 +3,11 @@
 # the embedded demo corpus, in both frameworks from the same seed, then the two rankings compared.
 # Everything offline; a few minutes on 2 CPU cores. Knobs (environment):
 #   OUT=runs/extraction  SPACE=tiny  EPSILON=1  STEPS=20  LR=1e-3  BATCH=8  FRAMEWORKS="gluon torch"
-#   RESUME=1 continues an interrupted run instead of starting afresh.
+#   RESUME=1 continues an interrupted run (bort extract resumes the run its --output-dir holds)
+#   instead of starting afresh.
 # Any further arguments go to every `bort extract` call (e.g. --teacher PATH --teacher-config NAME).
 # For the Bort paper's grid: SPACE=bort EPSILON=10 STEPS=200 and pretraining shards of real text
-# (DATA=glob); `bort extract --dry-run --out DIR` shows the plan first.
+# (DATA=glob); `bort extract --dry-run --output-dir DIR` shows the plan first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/extraction}"
@@ -34,11 +35,9 @@ fi
 
 for fw in $FRAMEWORKS; do
     echo "== bort extract --framework $fw ($SPACE space, eps $EPSILON, $STEPS steps)"
-    extra=()
-    if [ "$RESUME" = 1 ] && [ -e "$OUT/$fw/run.json" ]; then extra+=(--resume); fi
     start=$(date +%s)
     bort extract --framework "$fw" --search-space "$SPACE" --epsilon "$EPSILON" --steps "$STEPS" \
-        --lr $LR --batch-size $BATCH --data $DATA --out "$OUT/$fw" "${extra[@]}" "$@"
+        --lr $LR --batch-size $BATCH --data $DATA --output-dir "$OUT/$fw" "$@"
     echo "$fw: $(( $(date +%s) - start )) s"
 done
 

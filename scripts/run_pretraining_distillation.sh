@@ -14,7 +14,8 @@
 # Environment knobs: FRAMEWORK DTYPE NUM_STEPS LR BS (tokens per worker) ACC LOG_INTERVAL
 # CKPT_INTERVAL MODEL_NAME TEACHER_MODEL KD_LOSS (kl; `release` for the 2020 term) DIR_NAME
 # HOROVODRUN_ARGS (default --gloo). Further arguments go to `bort pretrain` as they are.
-# Log: DIR_NAME/train.log (DIR_NAME defaults to MODEL_NAME_model).
+# Log: DIR_NAME/train.log (DIR_NAME defaults to MODEL_NAME_model). Run again, it resumes from
+# DIR_NAME's latest checkpoint; pass --overwrite to start over.
 set -euo pipefail
 
 # up to 4 positional arguments; the first one that starts with '-' begins the flags
@@ -49,7 +50,7 @@ if [ "$TRAIN_DATA" = TEST ]; then
     # sample_text.txt
     head -n 500 "$(python -c 'from bort_core.data.demo import CORPUS_PATH; print(CORPUS_PATH)')" \
         > "$TEST_DIR/sample_text.txt"
-    bort create-pretraining-data --input "$TEST_DIR/sample_text.txt" --output-dir \
+    bort create-pretraining-data --data "$TEST_DIR/sample_text.txt" --output-dir \
         "$TEST_DIR/data" --max-seq-length 128 --max-predictions-per-seq 20 --num-outputs 1 \
         --seed 12345 --quiet > /dev/null
     TRAIN_DATA="$TEST_DIR/data/*.npz"
@@ -58,7 +59,7 @@ if [ "$TRAIN_DATA" = TEST ]; then
     NUM_STEPS=4 BS=256 LOG_INTERVAL=2 CKPT_INTERVAL=2
     if [ -z "$TEACHER" ]; then
         bort pretrain --framework "$FRAMEWORK" --student roberta_tiny --data "$TRAIN_DATA" \
-            --ckpt-dir "$TEST_DIR/teacher" --num-steps 4 --tokens-per-batch 512 \
+            --output-dir "$TEST_DIR/teacher" --num-steps 4 --tokens-per-batch 512 \
             --ckpt-interval 4 --no-tensorboard --quiet
         TEACHER="$TEST_DIR/teacher/0000004.params"
     fi
@@ -67,7 +68,7 @@ fi
 DIR_NAME="${DIR_NAME:-${MODEL_NAME}_model}"
 
 args=(pretrain --framework "$FRAMEWORK" --student "$MODEL_NAME" --data "$TRAIN_DATA"
-      --eval-data "$EVAL_DATA" --ckpt-dir "$DIR_NAME" --num-steps "$NUM_STEPS" --lr "$LR"
+      --eval-data "$EVAL_DATA" --output-dir "$DIR_NAME" --num-steps "$NUM_STEPS" --lr "$LR"
       --tokens-per-batch $(( BS * NUMPROC )) --accumulate "$ACC" --num-buckets 20
       --teacher-ce-weight 0.5 --temperature 2.0 --mlm-weight 0.1 --kd-loss "$KD_LOSS"
       --log-interval "$LOG_INTERVAL" --ckpt-interval "$CKPT_INTERVAL" --dtype "$DTYPE")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from bort_core.commands.convention import add_data, add_output_dir, deprecated
 from bort_core.data.demo import CORPUS_PATH
 from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
 from bort_core.data.shards import LAYOUTS
@@ -21,18 +22,14 @@ def _add_vocab_args(p):
 
 
 def register(sub):
-    """Add `create-pretraining-data` and `data`; cli.COMMANDS lists this module under both names,
-    so a second call is a no-op."""
-    if "data" in sub.choices:
-        return
+    """Add `create-pretraining-data` and `data`."""
     p = sub.add_parser("create-pretraining-data", help="text -> masked-LM .npz shards",
                        description="Create BERT-style masked-LM instances from text files (one "
                        "sentence per line, blank line between documents) and write "
-                       "part-%%03d.npz shards (flat arrays, or the 2020 layout with --layout 2020).")
-    p.add_argument("--input", nargs="+", metavar="FILES",
-                   help="input files, globs or comma-separated lists (default: the embedded "
-                   "demo corpus)")
-    p.add_argument("--output-dir", required=True, metavar="DIR")
+                       "part-%03d.npz shards (flat arrays, or the 2020 layout with --layout 2020).")
+    deprecated(p, "--input", add_data(p, help="text files (globs; default: the embedded demo "
+                                      "corpus)"))
+    add_output_dir(p, required=True, help="where the part-*.npz shards go")
     _add_vocab_args(p)
     p.add_argument("--max-seq-length", type=int, default=512)
     p.add_argument("--masked-lm-prob", type=float, default=0.15)
@@ -63,7 +60,7 @@ def run_create(args):
         whole_word_mask=args.whole_word_mask, seed=args.seed,
         docs_per_chunk=args.docs_per_chunk)
     tokenizer = load_tokenizer(args.vocab, args.merges, args.dictionary)
-    stats = create_pretraining_data(args.input or [CORPUS_PATH], args.output_dir, tokenizer,
+    stats = create_pretraining_data(args.data or [CORPUS_PATH], args.output_dir, tokenizer,
                                     options, args.num_outputs, args.num_workers,
                                     progress=not args.quiet, layout=args.layout,
                                     overwrite=args.overwrite)

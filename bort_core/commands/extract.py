@@ -12,6 +12,12 @@ from bort_core import extraction as ose
 from bort_core import io as bio
 from bort_core.backend import get_backend
 from bort_core.checkpoint import load_checkpoint
+from bort_core.commands.convention import (
+    add_data,
+    add_output_dir,
+    add_overwrite,
+    deprecated,
+)
 from bort_core.recipe import add_recipe_argument
 
 # what `--recipe release` sets in every hyper-parameter set: the release's pretraining values
@@ -24,7 +30,9 @@ def register(sub):
                        description="Score every eps-th member of a <D, A, H, I> search space by "
                        "the OSE W-coefficient (parameter saving x inference saving / error after "
                        "--steps training steps) and write ranking.csv, ranking.json, pareto.png, "
-                       "best_config.json and candidates.json to --out.")
+                       "best_config.json and candidates.json to --output-dir. A run resumes the "
+                       "compatible run --output-dir holds (finished trainings are read back, not "
+                       "redone); --overwrite starts over.")
     p.add_argument("--framework", choices=("gluon", "torch"),
                    help="backend that trains the candidates (required unless --dry-run)")
     p.add_argument("--search-space", default="bort", metavar="{bort,tiny,demo,PATH,GRID}",
@@ -37,11 +45,10 @@ def register(sub):
                    "(1 = train every member; default 1)")
     p.add_argument("--steps", type=int, default=100,
                    help="training steps per candidate and hyper-parameter set (default 100)")
-    p.add_argument("--data", nargs="+", metavar="GLOB",
-                   help="pretraining .npz shards (bort create-pretraining-data); required unless --dry-run")
-    p.add_argument("--eval-data", nargs="+", metavar="GLOB",
-                   help="held-out .npz shards for the error e (default: the last --eval-size "
-                   "instances of --data, which training then leaves out)")
+    add_data(p, help="pretraining .npz shards (bort create-pretraining-data); required unless "
+             "--dry-run")
+    add_data(p, "--eval-data", help="held-out .npz shards for the error e (default: the last "
+             "--eval-size instances of --data, which training then leaves out)")
     p.add_argument("--eval-size", type=int, default=64,
                    help="instances held out of --data when no --eval-data is given (default 64)")
     p.add_argument("--teacher", metavar="PATH", help="teacher .params checkpoint: candidates are "
@@ -74,14 +81,16 @@ def register(sub):
                    "weight_decay, warmup_ratio, ...); replaces --lr/--batch-size")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of initial weights and batch order (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    output_dir = add_output_dir(p, default="runs/extract", help="rankings, plot, best config "
+                                "and the record of finished trainings (default %(default)s)")
+    deprecated(p, "--out", output_dir)
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (members, maximum point, planned trainings), write "
                    "candidates.json and stop: nothing is trained")
-    p.add_argument("--resume", action="store_true",
-                   help="continue a run in --out: finished trainings are read back, not redone")
+    overwrite = add_overwrite(p)
+    deprecated(p, "--resume", overwrite, value=False, meaning="resuming is the default")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run, writes=lambda args: [args.out])
+    p.set_defaults(run=run, writes=lambda args: [args.output_dir])
 
 
 def recipe_hparams(args) -> dict:
@@ -131,10 +140,11 @@ def run(args):
           "%.3f s)" % (space.name, len(plan.members), t["name"], t["p"], t["i"],
                        len(plan.candidates), args.epsilon, len(theta), plan.trainings,
                        args.steps, analytic))
-    if not args.dry_run and not args.resume and ose.holds_run(args.out):
-        raise ValueError(ose.REFUSE_OUT % args.out)     # before anything in --out changes
+    resume = not args.overwrite and ose.holds_run(args.output_dir)
+    if resume and not args.dry_run:
+        ose.check_resumable(args.output_dir, settings)     # before anything there changes
     if args.dry_run:
-        print("candidate table: %s" % ose.write_candidates(plan, args.out))
+        print("candidate table: %s" % ose.write_candidates(plan, args.output_dir))
         return 0
     if not args.framework:
         raise ValueError("--framework is required unless --dry-run")
@@ -158,14 +168,18 @@ def run(args):
             raise ValueError("--eval-size must be in [1, %d) for --data with %d instances" % (n, n))
         train, held_out = ose.subset(train, np.arange(n - args.eval_size)), \
             ose.subset(train, np.arange(n - args.eval_size, n))
-    ose.write_candidates(plan, args.out)     # once the inputs are known to be good
+    for name in (ose.RUN_FILE, ose.TRIALS_FILE) if args.overwrite else ():
+        path = os.path.join(args.output_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+    ose.write_candidates(plan, args.output_dir)     # once the inputs are known to be good
 
     backend = get_backend(args.framework)
     teacher = backend.load(teacher_config, args.teacher) if args.teacher else None
-    result = ose.extract(backend, plan, settings, train, held_out, args.out, teacher=teacher,
-                         resume=args.resume, progress=not args.quiet)
-    paths = ose.write_results(result, settings, args.out)
-    plot = write_pareto_plot(result, os.path.join(args.out, "pareto.png"))
+    result = ose.extract(backend, plan, settings, train, held_out, args.output_dir,
+                         teacher=teacher, resume=resume, progress=not args.quiet)
+    paths = ose.write_results(result, settings, args.output_dir)
+    plot = write_pareto_plot(result, os.path.join(args.output_dir, "pareto.png"))
     best = result.best
     print("best: %s (W=%.6g, p=%d, i=%.6g, e=%.6g); Pareto front: %s"
           % (best["name"], best["W"], best["p"], best["i"], best["e"],

@@ -10,6 +10,12 @@ import dataclasses
 from bort_core import agora, finetune
 from bort_core.agora import GENERATORS, PRUNE_RULES, AgoraOptions
 from bort_core.backend import get_backend, load_framework
+from bort_core.commands.convention import (
+    add_adam_epsilon,
+    add_output_dir,
+    add_overwrite,
+    deprecated,
+)
 from bort_core.data.tasks import get_task
 from bort_core.finetune import (
     BUCKET_SCHEMES,
@@ -38,9 +44,10 @@ def _common(p, d: FinetuneOptions):
       "initialised (with a warning)")
     a("--vocab", help="tokenizer files (directory or vocab.json; default: the embedded demo "
       "vocabulary, which fits the demo-sized configs only)")
-    a("--output-dir", default=d.output_dir, help="models, test files and logs (default "
-      "%(default)s)")
-    a("--overwrite", action="store_true", help="allow a non-empty --output-dir")
+    add_output_dir(p, default=d.output_dir, help="models, test files and logs (default "
+                   "%(default)s)")
+    add_overwrite(p, help="start over, replacing the files in --output-dir (a fine-tuning run "
+                  "does not resume: without this flag a non-empty --output-dir is refused)")
     a("--epochs", type=int, default=d.epochs, help="training epochs (default %(default)s)")
     a("--ramp-up-epochs", type=float, help="schedule horizon in epochs (default: --epochs)")
     a("--training-steps", type=int, help="stop after this many updates (ends the schedule)")
@@ -52,7 +59,7 @@ def _common(p, d: FinetuneOptions):
       "not on LayerNorm/bias (default %(default)s)")
     a("--warmup-ratio", type=float, default=d.warmup_ratio, help="share of the schedule spent "
       "warming up from lr 0 (default %(default)s)")
-    a("--epsilon", type=float, default=d.epsilon, help="BERTAdam epsilon (default %(default)s)")
+    deprecated(p, "--epsilon", add_adam_epsilon(p, d.epsilon))
     a("--clip-norm", type=float, default=d.clip_norm, help="global gradient-norm clip, 0 = off "
       "(default %(default)s)")
     a("--early-stop", type=int, default=d.early_stop, help="stop after this many epochs without "
@@ -85,10 +92,7 @@ def _common(p, d: FinetuneOptions):
 
 
 def register(sub):
-    """Add `finetune` and `agora`; cli.COMMANDS lists this module under both names, so a second
-    call is a no-op."""
-    if "agora" in sub.choices:
-        return
+    """Add `finetune` and `agora`."""
     d = FinetuneOptions()
     p = sub.add_parser("finetune", help="fine-tune on a GLUE/SuperGLUE/RACE/demo task",
                        description="The release's fine-tuning loop: BERTAdam, warm-up + linear "
@@ -147,7 +151,7 @@ def register(sub):
 def finetune_options(args) -> FinetuneOptions:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneOptions)
               if getattr(args, f.name, None) is not None}
-    return FinetuneOptions(**values)
+    return FinetuneOptions(**values, epsilon=args.adam_epsilon)
 
 
 def run_finetune(args):
@@ -175,9 +179,9 @@ def run_agora(args):
     backend = get_backend(args.framework)
     mlm_logits = None
     if uses_mlm:
-        fw = load_framework(args.framework, "finetune")
         config = resolve_config(base.config, base.checkpoint, 0.0)
         mlm_model = backend.load(config, base.checkpoint)
+        fw = load_framework(args.framework, "finetune")
         mlm_logits = lambda batches: fw.predict_mlm(mlm_model, batches)  # noqa: E731
     result = agora.run_agora(backend, base, options, mlm_logits, progress=not args.quiet)
     print("agora: %d rounds, %d fine-tuning runs, %.1fs; best dev %.4f (round %s, set %s)"

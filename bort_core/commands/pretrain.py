@@ -1,7 +1,9 @@
 """`bort pretrain --framework {gluon,torch}`: distillation (or plain MLM) pretraining.
 
 Without --data the run uses the embedded default: demo shards made on the fly from the
-embedded corpus (cached under the checkpoint directory) and the `bort_tiny` student.
+embedded corpus (cached under --output-dir) and the `bort_tiny` student. A run resumes from the
+latest complete checkpoint in --output-dir (the engine refuses one written with other options);
+--overwrite starts over.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import dataclasses
 import os
 
 from bort_core.backend import load_framework
+from bort_core.bucketing import BATCHINGS
 from bort_core.commands.convention import (
     add_adam_epsilon,
     add_data,
@@ -17,21 +20,20 @@ from bort_core.commands.convention import (
     deprecated,
     warn_deprecated,
 )
-from bort_core.data.bucketing import BATCHINGS
 from bort_core.data.demo import CORPUS_PATH
 from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
-from bort_core.optim import LOSS_SCALERS
+from bort_core.loss_scaling import LOSS_SCALERS
 from bort_core.pretrain import (
     DTYPES,
     KD_LOSSES,
     TEACHER_MSES,
     PretrainOptions,
+    complete_steps,
     release_values,
 )
 from bort_core.recipe import add_recipe_argument
 from bort_core.tokenizer import load_tokenizer
 
-from bort_core.resume import complete_steps
 DEMO = {"student": "bort_tiny", "num_steps": 300, "tokens_per_batch": 4096, "warmup_ratio": 0.1,
         "lr": 1e-3, "ckpt_interval": 100, "log_interval": 50, "eval_interval": 100}
 
@@ -53,12 +55,15 @@ def register(sub):
     a("--init", help="initial student weights (.params) instead of the seeded initialisation")
     a("--teacher", help="teacher checkpoint (.params); none: teacherless MLM pretraining")
     a("--teacher-config", default=d.teacher_config, help="the teacher's config (default %(default)s)")
-    a("--data", help="training shards: comma-separated globs of .npz files (default: demo "
-      "shards from the embedded corpus)")
-    a("--eval-data", default="", help="evaluation shards (globs); evaluated every "
-      "--eval-interval steps and at the end")
-    a("--ckpt-dir", default=d.ckpt_dir, help="checkpoints, log.jsonl and TensorBoard events "
-      "(default %(default)s)")
+    add_data(p, help="training shards: globs of .npz files (default: demo shards from the "
+             "embedded corpus)")
+    add_data(p, "--eval-data", help="evaluation shards; evaluated every --eval-interval steps "
+             "and at the end")
+    output_dir = add_output_dir(p, default=d.ckpt_dir, help="checkpoints, log.jsonl and "
+                                "TensorBoard events (default %(default)s)")
+    deprecated(p, "--ckpt-dir", output_dir)
+    add_overwrite(p, help="start over: delete the checkpoints and logs of the run in "
+                  "--output-dir (default: resume it from its latest checkpoint)")
     a("--num-steps", type=int, help="optimizer steps (default %d; demo run %d)"
       % (d.num_steps, DEMO["num_steps"]))
     a("--warmup-ratio", type=float, help="share of steps with linear warm-up (default %g)"
@@ -66,7 +71,7 @@ def register(sub):
     a("--lr", type=float, help="peak learning rate (default %g)" % d.lr)
     a("--weight-decay", type=float, default=d.weight_decay, help="BERTAdam decoupled weight "
       "decay, not on LayerNorm/bias (default %(default)s)")
-    a("--eps", type=float, default=d.eps, help="BERTAdam epsilon (default %(default)s)")
+    deprecated(p, "--eps", add_adam_epsilon(p, d.eps))
     a("--clip-norm", type=float, help="global gradient-norm clip, 0 = off (default %g; "
       "release recipe: 0 in float32, 1 in float16, as the release)" % d.clip_norm)
     a("--accumulate", type=int, default=d.accumulate, help="micro-batches per optimizer step "
@@ -94,7 +99,8 @@ def register(sub):
     a("--ckpt-interval", type=int, help="steps between checkpoints (default %d)" % d.ckpt_interval)
     a("--log-interval", type=int, help="steps between log lines (default %d)" % d.log_interval)
     a("--eval-interval", type=int, help="steps between evaluations, 0 = at the end only")
-    a("--start-step", help="resume from the checkpoint of this step, or 'latest'")
+    a("--start-step", metavar="STEP", help="resume from the checkpoint of this step instead of "
+      "the latest ('latest': deprecated, the default)")
     a("--loss-scale", type=float, help="initial float16 loss scale (default 2**15; release "
       "recipe 1.5**15)")
     a("--scale-window", type=int, help="finite steps before the loss scale doubles (default "
@@ -103,7 +109,7 @@ def register(sub):
       "release: cut only when overflows reach 1%% of the steps since the last rescale")
     a("--no-tensorboard", dest="tensorboard", action="store_false", help="no event files")
     a("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run, writes=lambda args: [args.ckpt_dir])
+    p.set_defaults(run=run, writes=lambda args: [args.output_dir])
 
 
 DEMO_TRAIN, DEMO_EVAL = "part-00[01].npz", "part-002.npz"     # globs in the demo shard folder
@@ -120,11 +126,31 @@ def demo_shards(directory: str) -> str:
     return os.path.join(directory, DEMO_TRAIN)
 
 
+def start_step(args):
+    """The step to resume from: --start-step, else the latest complete checkpoint in
+    --output-dir (None: a fresh run, as with --overwrite)."""
+    if args.start_step == "latest":
+        warn_deprecated("bort pretrain", "--start-step latest",
+                        "no flag: resuming from the latest checkpoint is the default")
+        args.start_step = None
+    if args.overwrite:
+        if args.start_step is not None:
+            raise ValueError("--overwrite starts over and --start-step resumes; pass one of them")
+        return None
+    if args.start_step is not None:
+        return args.start_step
+    return "latest" if complete_steps(args.output_dir) else None
+
+
 def options_from_args(args) -> PretrainOptions:
     demo = args.data is None
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainOptions)
               if getattr(args, f.name, None) is not None}
-    values["progress"] = not args.quiet
+    values.update(ckpt_dir=args.output_dir, eps=args.adam_epsilon, start_step=start_step(args),
+                  overwrite=args.overwrite, progress=not args.quiet)
+    for key in ("data", "eval_data"):         # the engine takes comma-separated globs
+        if getattr(args, key):
+            values[key] = ",".join(getattr(args, key))
     if args.recipe == "release":
         for key, value in release_values(values.get("dtype", "float32")).items():
             values.setdefault(key, value)
@@ -132,7 +158,7 @@ def options_from_args(args) -> PretrainOptions:
     if demo:
         for key, value in DEMO.items():
             values.setdefault(key, value)
-        shards = os.path.join(args.ckpt_dir, "demo-shards")
+        shards = os.path.join(args.output_dir, "demo-shards")
         values["data"] = os.path.join(shards, DEMO_TRAIN)
         if not args.eval_data:
             values["eval_data"] = os.path.join(shards, DEMO_EVAL)

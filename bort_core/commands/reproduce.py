@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bort_core.reproduce
+from bort_core.commands.convention import add_output_dir, add_overwrite, deprecated
 from bort_core.reproduce.pipeline import reproduce
 from bort_core.reproduce.presets import PRESETS
 
@@ -15,10 +16,12 @@ def register(sub):
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo",
                    help="demo: the embedded corpus and demo tasks, minutes on a CPU (default); "
                    "paper: real-scale configuration from real files (--files-dir)")
-    p.add_argument("--out", default="runs/reproduce", help="output directory (default runs/reproduce)")
+    deprecated(p, "--out", add_output_dir(p, default="runs/reproduce", help="the run: stage "
+                                          "outputs, summary.md/json, plots (default %(default)s)"))
     p.add_argument("--files-dir", help="--preset paper: where the real files are (default real_files/)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out")
+    add_overwrite(p, help="start over: discard the run --output-dir holds (default: resume it, "
+                  "its finished stages kept; a run with other settings is refused)")
     p.add_argument("--retrain-teacher", action="store_true", help="pretrain the teacher in the "
                    "run with the preset's teacher recipe instead of using the preset's checkpoint "
                    "(the demo's ships with the package: scripts/make_demo_teacher.py trained it)")
@@ -30,6 +33,6 @@ def register(sub):
 
 def run(args):
     frameworks = ["gluon", "torch"] if args.framework == "both" else [args.framework]
-    reproduce(frameworks, args.preset, args.out, args.seed, args.overwrite, args.files_dir,
+    reproduce(frameworks, args.preset, args.output_dir, args.seed, args.overwrite, args.files_dir,
               args.sequential, args.retrain_teacher)
     return 0

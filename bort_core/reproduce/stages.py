@@ -12,14 +12,13 @@ from typing import Dict, List
 from bort_core import checkpoint as ckpt
 from bort_core import extraction as ose
 from bort_core import finetune as ft
-from bort_core.arch import initial_params
 from bort_core.backend import get_backend
 from bort_core.configs import get_config
 from bort_core.data import demo
 from bort_core.data.pretraining import read_documents
 from bort_core.data.tasks import featurize, get_task
+from bort_core.pretrain import complete_steps, initial_params
 from bort_core.reproduce.runner import Run, bort, parity
-from bort_core.resume import complete_steps
 from bort_core.tokenizer import load_tokenizer
 
 # Both frameworks pretrain the same student from the same weights on the same batches; step for
@@ -54,7 +53,7 @@ def make_data(run: Run, p: Dict, seed: int) -> Dict:
     if p["vocab"]:
         common += ["--vocab", p["vocab"]]
     for split, outputs, dupe in (("train", 2, p["dupe_factor"]), ("eval", 1, 1)):
-        bort("create-pretraining-data", "--input", text[split], "--output-dir",
+        bort("create-pretraining-data", "--data", text[split], "--output-dir",
              os.path.join(out, split), "--num-outputs", outputs, "--dupe-factor", dupe, *common)
     return {"train": os.path.join(out, "train", "*.npz"), "eval": os.path.join(out, "eval", "*.npz")}
 
@@ -94,7 +93,7 @@ def pretrain(stage_dir: str, framework: str, config, data: Dict, recipe: Dict, s
     ckpt_dir = os.path.join(stage_dir, "ckpt")
     steps = recipe["num-steps"]
     args = ["pretrain", "--framework", framework, "--student", config_path, "--init", init,
-            "--data", data["train"], "--eval-data", data["eval"], "--ckpt-dir", ckpt_dir,
+            "--data", data["train"], "--eval-data", data["eval"], "--output-dir", ckpt_dir,
             "--seed", seed, "--ckpt-interval", max(1, steps // 4),
             "--log-interval", max(1, steps // 10),
             "--no-tensorboard", "--quiet"]
@@ -139,8 +138,7 @@ def extract(run: Run, fw: str, p: Dict, data: Dict, teacher: Dict, seed: int) ->
     bort("extract", "--framework", fw, "--search-space", p["search_space"], "--epsilon",
          p["epsilon"], "--steps", p["extract_steps"], "--theta", theta, "--data", data["train"],
          "--eval-data", data["eval"], "--teacher", teacher["checkpoint"], "--teacher-config",
-         teacher["config_name"], "--error", "kd", "--seed", seed, "--out", out, "--resume",
-         "--quiet")
+         teacher["config_name"], "--error", "kd", "--seed", seed, "--output-dir", out, "--quiet")
     with open(os.path.join(out, "ranking.json")) as f:
         ranking = json.load(f)["ranking"]
     plan = ose.make_plan(ose.parse_search_space(p["search_space"]), p["epsilon"])

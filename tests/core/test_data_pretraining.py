@@ -399,7 +399,7 @@ def test_cli_writes_shards_with_a_vocabulary_given_by_path(corpus, tmp_path, cap
     for src, dst in (("vocab.json", "encoder.json"), ("merges.txt", "vocab.bpe"),
                      ("dict.txt", "dict.txt")):
         shutil.copy(os.path.join(DEMO_DIR, src), str(vocab / dst))
-    argv = ["create-pretraining-data", "--input", corpus[0], "--output-dir", str(tmp_path / "o"),
+    argv = ["create-pretraining-data", "--data", corpus[0], "--output-dir", str(tmp_path / "o"),
             "--vocab", str(vocab), "--max-seq-length", "64", "--max-predictions-per-seq", "10",
             "--num-outputs", "3", "--num-workers", "2", "--dupe-factor", "2", "--quiet"]
     assert cli.main(argv) == 0

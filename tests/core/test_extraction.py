@@ -8,11 +8,11 @@ import pytest
 
 from bort_core import arch
 from bort_core import extraction as ose
-from bort_core.arch import initial_params
 from bort_core.checkpoint import load_params, save_params
 from bort_core.cli import main
 from bort_core.configs import get_config
 from bort_core.data.shards import object_array
+from bort_core.pretrain import initial_params
 
 GRID = ose.search_space_from_dict(
     {"D": [1, 2, 3, 4], "A": [2, 4], "H": [32, 64, 128], "I": [32, 64, 128],
@@ -177,7 +177,7 @@ def test_resume_keeps_finished_trainings_and_skips_them(tmp_path):
         run(tmp_path, 3, backend=FakeBackend(crash_after=7))
     with open(tmp_path / ose.TRIALS_FILE, "a") as f:
         f.write('{"kind": "trial", "na')            # a line the crash cut short
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(ValueError, match="--overwrite"):
         run(tmp_path, 3)
     with pytest.raises(ValueError, match="different settings.*eps"):
         run(tmp_path, 2, resume=True)
@@ -223,7 +223,7 @@ def test_bad_settings_are_rejected():
 
 
 def test_cli_dry_run_on_the_bort_grid(tmp_path, capsys):
-    assert main(["extract", "--dry-run", "--epsilon", "4", "--out", str(tmp_path)]) == 0
+    assert main(["extract", "--dry-run", "--epsilon", "4", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "300 members" in out and "75 candidates" in out and "75 planned trainings" in out
     table = json.load(open(tmp_path / "candidates.json"))
@@ -233,14 +233,14 @@ def test_cli_dry_run_on_the_bort_grid(tmp_path, capsys):
 
 
 def test_cli_inline_grid_and_errors_name_the_flag(tmp_path, capsys):
-    assert main(["extract", "--dry-run", "--search-space", "D=1,2;A=2;H=8,16;I=8", "--out",
+    assert main(["extract", "--dry-run", "--search-space", "D=1,2;A=2;H=8,16;I=8", "--output-dir",
                  str(tmp_path)]) == 0
     assert "search space inline: 4 members" in capsys.readouterr().out
-    assert main(["extract", "--dry-run", "--steps", "0", "--out", str(tmp_path)]) == 2
+    assert main(["extract", "--dry-run", "--steps", "0", "--output-dir", str(tmp_path)]) == 2
     assert "--steps" in capsys.readouterr().err
-    assert main(["extract", "--dry-run", "--search-space", "nope.json", "--out", str(tmp_path)]) == 2
+    assert main(["extract", "--dry-run", "--search-space", "nope.json", "--output-dir", str(tmp_path)]) == 2
     assert "--search-space" in capsys.readouterr().err
-    assert main(["extract", "--framework", "torch", "--out", str(tmp_path)]) == 2
+    assert main(["extract", "--framework", "torch", "--output-dir", str(tmp_path)]) == 2
     assert "--data is required" in capsys.readouterr().err
 
 
@@ -264,7 +264,7 @@ def test_cli_teacher_vocabulary_mismatch_fails_before_training(tmp_path, capsys)
     path = str(tmp_path / "teacher.params")
     save_params(path, initial_params(teacher, 0))
     code = main(["extract", "--framework", "torch", "--search-space", "tiny", "--data", "x.npz",
-                 "--teacher", path, "--teacher-config", "bort_tiny", "--out", str(tmp_path / "o")])
+                 "--teacher", path, "--teacher-config", "bort_tiny", "--output-dir", str(tmp_path / "o")])
     assert code == 2
     err = capsys.readouterr().err
     assert "--teacher" in err and "100" in err and "4096" in err
@@ -291,7 +291,7 @@ def test_cli_full_run_with_the_fake_backend(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     args = ["extract", "--framework", "torch", "--search-space", "tiny", "--epsilon", "3",
             "--steps", "2", "--lr", "1e-3", "1e-2", "--batch-size", "4", "--eval-size", "8",
-            "--data", str(data), "--out", str(out), "--quiet"]
+            "--data", str(data), "--output-dir", str(out), "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "16 members" in printed and "5 candidates" in printed and "10 planned" in printed
@@ -300,6 +300,6 @@ def test_cli_full_run_with_the_fake_backend(tmp_path, monkeypatch, capsys):
     assert get_config(str(out / "best_config.json")).vocab_size == 4096
     before = (out / "candidates.json").stat().st_mtime_ns
     other = [a if a != "3" else "8" for a in args]      # another eps: another candidate table
-    assert main(other) == 2 and "--resume" in capsys.readouterr().err
+    assert main(other) == 2 and "different settings (eps" in capsys.readouterr().err
     assert (out / "candidates.json").stat().st_mtime_ns == before     # refused, untouched
-    assert main(args + ["--resume"]) == 0
+    assert main(args) == 0                                          # resumes

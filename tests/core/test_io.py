@@ -156,7 +156,7 @@ def test_the_next_convert_removes_the_orphan(tmp_path, capsys):
     (["convert", "a.params", "d/b.pt"], "d"),
     (["convert", "a.params", "d/hf"], "d"),
     (["export-onnx", "a.params", "d/b.onnx"], "d"),
-    (["extract", "--out", "d"], "d"),
+    (["extract", "--output-dir", "d"], "d"),
     (["finetune", "--framework", "torch", "--task", "demo-single", "--output-dir", "d"], "d"),
     (["agora", "--framework", "torch", "--task", "demo-single", "--output-dir", "d",
       "--reference-checkpoint", "r.params"], "d"),

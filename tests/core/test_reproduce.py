@@ -14,7 +14,7 @@ from bort_core.reproduce.stages import split_corpus
 
 def test_paper_preset_lists_every_missing_file(tmp_path, capsys):
     code = main(["reproduce", "--preset", "paper", "--files-dir", str(tmp_path / "real"),
-                 "--out", str(tmp_path / "out")])
+                 "--output-dir", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
     for _, rel, _ in PAPER_FILES:

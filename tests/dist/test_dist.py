@@ -11,11 +11,9 @@ import sys
 import pytest
 
 from bort_core import checkpoint as ckpt
-from bort_core import resume
-from bort_core.arch import initial_params
+from bort_core import pretrain as core
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config
 from bort_core.data import shards as sh
-from bort_core.metrics import rel_l2
 
 STEPS = 5
 
@@ -33,13 +31,13 @@ def _args(tmp_path, framework, ckpt_dir):
             sh.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 48,
                                        DEMO_VOCAB_SIZE, seed=k)
         ckpt.save_params(str(tmp_path / "teacher.params"),
-                         initial_params(get_config("roberta_tiny"), 9))
+                         core.initial_params(get_config("roberta_tiny"), 9))
     # >= 6 rows per global batch (lengths <= 32), so both workers always get rows
     return ["-m", "bort_core.cli", "pretrain", "--framework", framework, "--student",
             "bort_tiny", "--teacher", str(tmp_path / "teacher.params"), "--teacher-config",
             "roberta_tiny", "--data", shards, "--num-steps", str(STEPS), "--tokens-per-batch",
             "200", "--accumulate", "2", "--lr", "1e-3", "--warmup-ratio", "0.2", "--dropout",
-            "0", "--log-interval", "1", "--ckpt-dir", ckpt_dir, "--quiet", "--no-tensorboard"]
+            "0", "--log-interval", "1", "--output-dir", ckpt_dir, "--quiet", "--no-tensorboard"]
 
 
 def _final(ckpt_dir):
@@ -56,7 +54,7 @@ def _compare(one, two, label):
     prints the measured differences (pytest -s shows them)."""
     a, b = _final(one), _final(two)
     # key-projection biases: analytically zero gradient, moved by the sign of rounding noise
-    worst = max((rel_l2(b[n], a[n]), n) for n in a if not n.endswith("proj_key.bias"))
+    worst = max((core.rel_l2(b[n], a[n]), n) for n in a if not n.endswith("proj_key.bias"))
     steps_a, steps_b = _steps(one), _steps(two)
     assert [r["step"] for r in steps_a] == [r["step"] for r in steps_b] == list(
         range(1, STEPS + 1))

@@ -13,16 +13,9 @@ mx = pytest.importorskip("mxnet")
 pytestmark = pytest.mark.gluon
 
 from bort_core import checkpoint as ckpt  # noqa: E402
-from bort_core import (
-    losses,  # noqa: E402
-    optim,  # noqa: E402
-    resume,  # noqa: E402
-)
 from bort_core import pretrain as core  # noqa: E402
-from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
-from bort_core.data.stream import BatchStream  # noqa: E402
 from bort_gluon import pretrain as gp  # noqa: E402
 
 
@@ -37,7 +30,7 @@ def shards(tmp_path):
 @pytest.fixture
 def teacher(tmp_path):
     path = str(tmp_path / "teacher.params")
-    ckpt.save_params(path, initial_params(get_config("roberta_tiny"), 7))
+    ckpt.save_params(path, core.initial_params(get_config("roberta_tiny"), 7))
     return path
 
 
@@ -104,7 +97,7 @@ def test_one_update_is_bertadam_without_decay_on_layer_norm_and_bias(shards):
     for name in ("encoder.layer_norm.gamma", "decoder.0.weight"):
         g, w0 = grads[name], params[name].astype(np.float64)
         m, v = 0.1 * g, 0.001 * g * g
-        wd = 0.01 if optim.decays(name) else 0.0
+        wd = 0.01 if core.decays(name) else 0.0
         step = -0.1 * (m / (np.sqrt(v) + 1e-6) + wd * w0)
         # the update (a sign-like ~0.316 per element) to 0.1%: bias correction would scale it
         # by ~30, decay on a gain of 1 would add 1e-3
@@ -118,7 +111,7 @@ def test_gradients_written_for_one_micro_batch_summed_for_more(shards, accumulat
     o = _options(shards, None, "", dropout=0.0, accumulate=accumulate)
     student, params, _, _ = core.resolve_models(o)
     engine = gp.Engine(o, gp.build_model(student, params))
-    batch = next(BatchStream(sh.expand_shards(shards), 160).batches())
+    batch = next(core.BatchStream(sh.expand_shards(shards), 160).batches())
     grads = lambda: np.concatenate([p.grad().asnumpy().ravel() for p in engine.named.values()])
     engine.backward(batch, core.normalizer(batch), 1.0)
     once = grads()
@@ -150,7 +143,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_pat
             "--tokens-per-batch", "160", "--ckpt-interval", "2", "--log-interval", "10",
             "--lr", "1e-3", "--seed", "1", "--quiet", "--no-tensorboard"]
     run = lambda d, *extra: [sys.executable, "-m", "bort_core.cli", "pretrain", *args,
-                             "--ckpt-dir", d, *extra]
+                             "--output-dir", d, *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref = subprocess.run(run(str(tmp_path / "ref")), env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
@@ -164,8 +157,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_pat
     proc.wait()
     done = core.complete_steps(victim)
     assert done and done[-1] < 30, "the run was not interrupted"
-    again = subprocess.run(run(victim, "--start-step", "latest"), env=env, capture_output=True,
-                           text=True)
+    again = subprocess.run(run(victim), env=env, capture_output=True, text=True)   # resumes
     assert again.returncode == 0, again.stderr
     a = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "ref"), 30)["params"])
     b = ckpt.load_params(core.checkpoint_paths(victim, 30)["params"])

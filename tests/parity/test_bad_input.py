@@ -257,13 +257,13 @@ def _(root):
 
 @case("extract", "unwritable", "read-only-filesystem")
 def _(root):
-    return ["extract", "--search-space", "tiny", "--dry-run", "--out", UNWRITABLE], [UNWRITABLE]
+    return ["extract", "--search-space", "tiny", "--dry-run", "--output-dir", UNWRITABLE], [UNWRITABLE]
 
 
 @case("extract", "unwritable", "out-is-a-file")
 def _(root):
     path = _a_file(root)
-    return ["extract", "--search-space", "tiny", "--dry-run", "--out", path], \
+    return ["extract", "--search-space", "tiny", "--dry-run", "--output-dir", path], \
         [path, "not a directory"]
 
 
@@ -368,7 +368,7 @@ BAD_SHARDS = {   # kind, what -> (builder of the bad shard, what the error line 
 
 def _pretrain_argv(root: str, framework: str, data: str) -> List[str]:
     return ["pretrain", "--framework", framework, "--student", "bort_tiny", "--data", data,
-            "--ckpt-dir", os.path.join(root, "ckpt"), "--num-steps", "2", "--tokens-per-batch",
+            "--output-dir", os.path.join(root, "ckpt"), "--num-steps", "2", "--tokens-per-batch",
             "256", "--no-tensorboard", "--quiet"]
 
 
@@ -384,7 +384,7 @@ def _shard_rows():
         def _(root, build=build, named=named):
             path = build(root)
             return ["extract", "--framework", "torch", "--search-space", "tiny", "--data", path,
-                    "--steps", "1", "--out", os.path.join(root, "out"), "--quiet"], [path] + named
+                    "--steps", "1", "--output-dir", os.path.join(root, "out"), "--quiet"], [path] + named
 
 
 _shard_rows()
@@ -399,21 +399,21 @@ def _(root):
 @case("create-pretraining-data", "missing", "no-input-matches")
 def _(root):
     pattern = os.path.join(root, "nothing-*.txt")
-    return ["create-pretraining-data", "--input", pattern, "--output-dir",
+    return ["create-pretraining-data", "--data", pattern, "--output-dir",
             os.path.join(root, "out"), "--quiet"], [pattern]
 
 
 @case("create-pretraining-data", "wrong-type", "binary-input")
 def _(root):
     path = _text_file(root, b"PK\x03\x04\x00\x00binary\xff\xfe\n")
-    return ["create-pretraining-data", "--input", path, "--output-dir",
+    return ["create-pretraining-data", "--data", path, "--output-dir",
             os.path.join(root, "out"), "--quiet"], [path, "line 1", "NUL byte"]
 
 
 @case("create-pretraining-data", "wrong-type", "latin-1-input")
 def _(root):
     path = _text_file(root, "First line.\nCaf\u00e9 au lait.\n".encode("latin-1"))
-    return ["create-pretraining-data", "--input", path, "--output-dir",
+    return ["create-pretraining-data", "--data", path, "--output-dir",
             os.path.join(root, "out"), "--quiet"], [path, "line 2", "not UTF-8", "0xe9"]
 
 
@@ -421,14 +421,14 @@ def _(root):
 def _(root):
     folder = os.path.join(root, "texts")
     os.mkdir(folder)
-    return ["create-pretraining-data", "--input", folder, "--output-dir",
+    return ["create-pretraining-data", "--data", folder, "--output-dir",
             os.path.join(root, "out"), "--quiet"], [folder, "a directory"]
 
 
 @case("create-pretraining-data", "empty", "no-instances")
 def _(root):
     path = _text_file(root, b"One lonely sentence.\n")
-    return ["create-pretraining-data", "--input", path, "--output-dir",
+    return ["create-pretraining-data", "--data", path, "--output-dir",
             os.path.join(root, "out"), "--quiet"], [path, "no instance"]
 
 
@@ -438,7 +438,7 @@ def _(root):
     os.mkdir(out)
     _release_shard(out, "part-003.npz")
     path = _text_file(root, b"A sentence.\nAnother one.\n\nA second document.\nIts end.\n")
-    return ["create-pretraining-data", "--input", path, "--output-dir", out, "--quiet"], \
+    return ["create-pretraining-data", "--data", path, "--output-dir", out, "--quiet"], \
         [out, "not empty", "part-003.npz", "--overwrite"]
 
 
@@ -581,12 +581,12 @@ def _finetune_rows():
 
         @case("pretrain", "non-finite", "lr-nan-%s" % framework)
         def _(root, framework=framework):
-            return ["pretrain", "--framework", framework, "--data", "none.npz", "--ckpt-dir",
+            return ["pretrain", "--framework", framework, "--data", "none.npz", "--output-dir",
                     "ckpt", "--lr", "nan"], ["--lr must be a finite number, got nan"]
 
         @case("pretrain", "non-finite", "lr-nan-demo-run-%s" % framework)
         def _(root, framework=framework):      # the embedded demo run: no shard made first
-            return ["pretrain", "--framework", framework, "--ckpt-dir", "ckpt", "--lr", "nan"], \
+            return ["pretrain", "--framework", framework, "--output-dir", "ckpt", "--lr", "nan"], \
                 ["--lr must be a finite number, got nan"]
 
         @case("pretrain", "non-finite", "diverging-loss-%s" % framework)
@@ -594,7 +594,7 @@ def _finetune_rows():
             from bort_core.commands.pretrain import demo_shards
 
             return ["pretrain", "--framework", framework, "--student", "bort_tiny", "--data",
-                    demo_shards(os.path.join(root, "shards")), "--ckpt-dir", "", "--num-steps",
+                    demo_shards(os.path.join(root, "shards")), "--output-dir", "", "--num-steps",
                     "4", "--tokens-per-batch", "512", "--lr", "1e30", "--clip-norm", "0",
                     "--warmup-ratio", "0", "--quiet"], \
                 ["non-finite loss/gradient", "diverged (lower --lr); no checkpoint was written"]

@@ -15,12 +15,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from bort_core import checkpoint as ckpt  # noqa: E402
-from bort_core import (
-    losses,  # noqa: E402
-    resume,  # noqa: E402
-)
 from bort_core import pretrain as core  # noqa: E402
-from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
 from bort_torch import pretrain as tp  # noqa: E402
@@ -37,7 +32,7 @@ def shards(tmp_path):
 @pytest.fixture
 def teacher(tmp_path):
     path = str(tmp_path / "teacher.params")
-    ckpt.save_params(path, initial_params(get_config("roberta_tiny"), 7))
+    ckpt.save_params(path, core.initial_params(get_config("roberta_tiny"), 7))
     return path
 
 
@@ -87,7 +82,7 @@ def test_resume_is_exact_with_dropout_on(shards, teacher, tmp_path):
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
     assert straight_rows[-1]["loss"] < straight_rows[0]["loss"] * 1.5   # finite, trains
     with pytest.raises(ValueError, match=r"already holds checkpoints \(steps 3, 6\).*"
-                       "--start-step latest"):
+                       "--overwrite"):
         tp.pretrain(_options(shards, teacher, str(tmp_path / "b")))     # a fresh start
     log = os.path.join(str(tmp_path / "b"), "log.jsonl")
     size = os.path.getsize(log)
@@ -103,7 +98,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_pat
             "--tokens-per-batch", "160", "--ckpt-interval", "2", "--log-interval", "10",
             "--lr", "1e-3", "--seed", "1", "--quiet", "--no-tensorboard"]
     run = lambda d, *extra: [sys.executable, "-m", "bort_core.cli", "pretrain", *args,
-                             "--ckpt-dir", d, *extra]
+                             "--output-dir", d, *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref = subprocess.run(run(str(tmp_path / "ref")), env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
@@ -117,8 +112,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_pat
     proc.wait()
     done = core.complete_steps(victim)
     assert done and done[-1] < 40, "the run was not interrupted"
-    again = subprocess.run(run(victim, "--start-step", "latest"), env=env, capture_output=True,
-                           text=True)
+    again = subprocess.run(run(victim), env=env, capture_output=True, text=True)   # resumes
     assert again.returncode == 0, again.stderr
     a = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "ref"), 40)["params"])
     b = ckpt.load_params(core.checkpoint_paths(victim, 40)["params"])
@@ -188,7 +182,7 @@ def test_pretrain_from_an_extracted_config_file(shards, tmp_path):
     BortConfig.from_dahi(1, 2, 48, 32, vocab_size=DEMO_VOCAB_SIZE, max_length=128).to_json(path)
     out = str(tmp_path / "f")
     assert main(["pretrain", "--framework", "torch", "--config", path, "--data", shards,
-                 "--num-steps", "2", "--tokens-per-batch", "160", "--ckpt-dir", out,
+                 "--num-steps", "2", "--tokens-per-batch", "160", "--output-dir", out,
                  "--quiet", "--no-tensorboard"]) == 0
     params, _, meta = core.load_checkpoint(out, 2)
     assert meta["options"]["student"] == path
