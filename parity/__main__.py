@@ -143,48 +143,9 @@ def cmd_grads(args):
 
 
 def cmd_throughput(args):
-    import os
+    from parity.throughput.report import command
 
-    from parity import throughput as tp
-
-    args.progress = True
-    if args.expect_match is not None:
-        tp.mismatches([], args.expect_match)      # a bad factor is refused before any run
-    records = tp.run(args, log=lambda *a: print(*a, flush=True))
-    sections = [tp.format_table(records)]
-    configs = sorted({r["config"] for r in records if r.get("config")})
-    base = args.ratio_base if args.ratio_base in configs else None
-    if base and len(configs) > 1:
-        sections.append("speed ratio (%s tokens/s over each other config)\n\n%s" % (
-            base, tp.ratio_table(records, base)))
-    pairs = tp.pair_ratios(records)
-    if pairs:
-        sections.append("framework pairs (tokens/s of a over b)\n\n"
-                        + tp.pairs_table(pairs, args.expect_match))
-    beyond = []
-    if args.expect_match is not None:
-        beyond = tp.mismatches(pairs, args.expect_match)
-        sections.append("\n".join(
-            ["MISMATCH: %s / %s = %.2fx on %s %s %s B=%d L=%d" % (
-                r["a"], r["b"], r["ratio"], r["config"], r["dtype"], r["mode"], r["batch"],
-                r["seq"]) for r in beyond]
-            + ["throughput verdict: %s: %d of %d pairs within %gx of each other" % (
-                "FAIL" if beyond or not pairs else "PASS", len(pairs) - len(beyond), len(pairs),
-                args.expect_match)]))
-    report = "\n\n".join(sections)
-    print(report)
-    if args.json:
-        tp.write_atomic(args.json, json.dumps(records, indent=2))
-    stem = os.path.splitext(args.json)[0] if args.json else None
-    if stem:
-        tp.write_atomic(stem + ".md", report + "\n")
-        if tp.plot(records, stem + ".png"):
-            print("wrote %s, %s.md, %s.png" % (args.json, stem, stem))
-        else:
-            print("wrote %s, %s.md (no chart: matplotlib is not installed)" % (args.json, stem))
-    if not any(not r.get("error") for r in records):
-        return 1
-    return 1 if args.expect_match is not None and (beyond or not pairs) else 0
+    return command(args)
 
 
 def cmd_train_steps(args):

@@ -42,7 +42,8 @@ from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
-from parity import throughput as tp  # noqa: E402
+from parity.throughput.harness import host_info  # noqa: E402
+from parity.throughput.report import mismatches, pair_ratios, pairs_table  # noqa: E402
 
 DEFAULT_VARIANTS = "gluon:float32,torch:float32,torch:bfloat16"
 
@@ -166,7 +167,7 @@ def medians(report):
 def pairs(report):
     """parity.throughput's pair rows for the variants that ran (a pair shares a dtype), on
     each variant's median tokens/s."""
-    return tp.pair_ratios([dict(r, config=report["student"], mode="train", device="cpu",
+    return pair_ratios([dict(r, config=report["student"], mode="train", device="cpu",
                                 batch="-", seq="-") for r in medians(report)])
 
 
@@ -212,7 +213,7 @@ def markdown(report, factor=None):
                                               r["tokens_per_s"]) for r in medians(report)]
     rows = pairs(report)
     if rows:
-        lines += ["", tp.pairs_table(rows, factor)]
+        lines += ["", pairs_table(rows, factor)]
     return "\n".join(lines)
 
 
@@ -256,7 +257,7 @@ def main(argv=None):
               "steps": args.steps,
               "warmup": args.warmup, "tokens_per_batch": args.tokens_per_batch,
               "max_len": args.max_len, "max_predictions": args.max_predictions,
-              "threads": args.threads, "repeats": args.repeats, "host": tp.host_info(),
+              "threads": args.threads, "repeats": args.repeats, "host": host_info(),
               "records": []}
     with tempfile.TemporaryDirectory(prefix="bort-bench-pretrain-") as workdir:
         data, teacher_path = prepare(workdir, args)
@@ -278,7 +279,7 @@ def main(argv=None):
     if args.expect_match is None:
         return 0
     rows = pairs(report)
-    failed = bool(tp.mismatches(rows, args.expect_match)) or not rows
+    failed = bool(mismatches(rows, args.expect_match)) or not rows
     print("pretraining throughput verdict: %s" % ("FAIL" if failed else "PASS"))
     return int(failed)
 

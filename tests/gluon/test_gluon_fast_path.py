@@ -74,12 +74,12 @@ def test_amp_bfloat16_is_close_or_explains():
 
 
 def test_gluon_worker_names_a_missing_gpu():
-    from parity import throughput as tp
+    from parity.throughput.worker import GluonRunner
 
     if mx.context.num_gpus():
         pytest.skip("this MXNet sees a GPU")
     with pytest.raises(RuntimeError, match="MXNet .* has no GPU"):
-        tp.GluonRunner({"device": "cuda", "dtype": "float32"})
+        GluonRunner({"device": "cuda", "dtype": "float32"})
 
 
 def _forward_backward(block, args, train=False):

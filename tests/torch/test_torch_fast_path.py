@@ -11,8 +11,9 @@ pytestmark = pytest.mark.torch
 
 from bort_core.configs import get_config  # noqa: E402
 from bort_torch import model as tm  # noqa: E402
-from parity import throughput as tp  # noqa: E402
 from parity.io import make_inputs, random_params  # noqa: E402
+from parity.throughput.harness import run  # noqa: E402
+from parity.throughput.workloads import step_flops  # noqa: E402
 
 
 def _model(name="bort_tiny", seed=0, **kw):
@@ -203,7 +204,7 @@ def _args(**kw):
 
 
 def test_harness_measures_torch_workers_and_reports_a_missing_device(tmp_path):
-    records = tp.run(_args(workdir=str(tmp_path), frameworks="torch,torch-plain,nope"),
+    records = run(_args(workdir=str(tmp_path), frameworks="torch,torch-plain,nope"),
                      log=lambda *a: None)
     by = {r["framework"]: r for r in records}
     assert "unknown framework" in by["nope"]["error"]
@@ -212,13 +213,13 @@ def test_harness_measures_torch_workers_and_reports_a_missing_device(tmp_path):
         assert by[fw]["threads"] == 1 and by[fw]["versions"]["torch"] == torch.__version__
         assert by[fw]["tokens_per_s"] == pytest.approx(16 / by[fw]["latency_p50_ms"] * 1e3)
     if not torch.cuda.is_available():
-        cuda = tp.run(_args(workdir=str(tmp_path), device="cuda", frameworks="torch"),
+        cuda = run(_args(workdir=str(tmp_path), device="cuda", frameworks="torch"),
                       log=lambda *a: None)
         assert "sees no CUDA device" in cuda[0]["error"]
 
 
 def test_harness_train_mode_and_bfloat16_error_report(tmp_path):
-    records = tp.run(_args(workdir=str(tmp_path), frameworks="torch", mode="train",
+    records = run(_args(workdir=str(tmp_path), frameworks="torch", mode="train",
                            dtype="bfloat16", check_error=True, measure_peak=True),
                      log=lambda *a: None)
     (rec,) = records
@@ -226,5 +227,5 @@ def test_harness_train_mode_and_bfloat16_error_report(tmp_path):
     assert set(rec["host_bf16_isa"]) <= {"amx_bf16", "avx512_bf16"}
     assert 0 <= rec["mlm_logit_rel_l2_err"] < 0.05 and rec["peak_tflops"] > 0
     assert rec["mfu"] == pytest.approx(rec["tflops"] / rec["peak_tflops"])
-    assert rec["flops_per_step"] == tp.step_flops(get_config("bort_tiny"), 2, 8, "train")
+    assert rec["flops_per_step"] == step_flops(get_config("bort_tiny"), 2, 8, "train")
     assert np.isfinite(rec["latency_p90_ms"])
