@@ -54,6 +54,7 @@ from bort_core.data.batches import pad_rows
 from bort_core.data.shards import object_array
 from bort_core.data.tasks import get_task
 from bort_core.metrics import NonFiniteError, check_finite
+from bort_core.tokenizer import load_tokenizer
 
 # the 480-set starting grid the release's README suggests for Agora on Bort
 RELEASE_GRID = {"seed": [0, 1, 2, 3, 4], "lr": [1e-4, 1e-5, 9e-6],
@@ -317,7 +318,6 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
               tokenizer=None, progress: bool = True) -> Dict:
     """The whole Agora job; writes `agora_log.json`, `agora_log.md`, `result.json`, the best
     model and the test files into `base.output_dir`. Returns the result dict."""
-    from bort_core.tokenizer import load_tokenizer
 
     task = get_task(base.task)
     if task.train_task:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Dict, Tuple
 
+import numpy as np
+
 from bort_core.configs import BortConfig
 
 # Elementwise operations counted per element (a documented convention, not a measurement):
@@ -127,3 +129,18 @@ def forward_flops(config: BortConfig, seq_len: int, num_masked: int = 0) -> Dict
         matmul += 2 * m * u * u + 2 * m * u * v
         elementwise += m * (u + GELU_OPS * u + LAYER_NORM_OPS * u + v)
     return {"matmul": matmul, "elementwise": elementwise, "total": matmul + elementwise}
+
+
+def initial_params(config, seed: int = 0) -> Dict[str, np.ndarray]:
+    """The release's initialisation drawn in numpy (N(0, 0.02) weights, zero biases, unit
+    gains), so both frameworks start from the same weights for a seed."""
+    rng = np.random.RandomState(seed)
+    params = {}
+    for name, shape in canonical_shapes(config).items():
+        if name.endswith(".gamma"):
+            params[name] = np.ones(shape, np.float32)
+        elif name.endswith((".beta", ".bias")):
+            params[name] = np.zeros(shape, np.float32)
+        else:
+            params[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    return params

@@ -17,7 +17,10 @@ Hyper-parameters (`hparams`, a dict): `lr`, `weight_decay`, `warmup_ratio`, `bat
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Dict, Iterable, List, Optional
+
+import numpy as np
 
 from bort_core.configs import BortConfig
 from bort_core.deps import MissingDependency

@@ -20,7 +20,7 @@ Approximation guarantee as implemented: every member of Xi lies fewer than eps r
 candidate, so if W changes by at most a factor rho between p-neighbours, the returned W is at
 least W* / rho**(ceil(eps) - 1) (eps = 1 is exhaustive). tests/core/test_extraction.py checks it.
 
-Initial weights are drawn in numpy (`bort_core.pretrain.initial_params`) and handed to the backend as a
+Initial weights are drawn in numpy (`bort_core.arch.initial_params`) and handed to the backend as a
 `.params` file, so both frameworks train every candidate from identical weights on identical
 batches: with dropout off, the two rankings agree (tests/parity/test_extraction_parity.py).
 """
@@ -38,11 +38,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from bort_core import arch, pretrain
+from bort_core import arch
 from bort_core import io as bio
 from bort_core.checkpoint import save_params
 from bort_core.configs import DEMO_VOCAB_SIZE, BortConfig
 from bort_core.data import shards
+from bort_core.data.stream import collate
 
 AXES = ("num_layers", "num_heads", "units", "hidden_size")
 AXIS_ALIASES = {"D": "num_layers", "A": "num_heads", "H": "units", "I": "hidden_size"}
@@ -290,14 +291,14 @@ def train_batches(data: Dict, batch_size: int, steps: int, seed: int) -> List[Di
     for _ in range(steps):
         while len(order) < batch_size:
             order.extend(rng.permutation(len(data["valid_lengths"])).tolist())
-        out.append(pretrain.collate(data, np.array(order[:batch_size])))
+        out.append(collate(data, np.array(order[:batch_size])))
         del order[:batch_size]
     return out
 
 
 def eval_batches(data: Dict, batch_size: int = 32) -> List[Dict]:
     n = len(data["valid_lengths"])
-    return [pretrain.collate(data, np.arange(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
+    return [collate(data, np.arange(k, min(k + batch_size, n))) for k in range(0, n, batch_size)]
 
 
 # ------------------------------------------------------------------------------ the search
@@ -479,7 +480,7 @@ def extract(backend, plan: Plan, settings: Settings, train_data: Dict, eval_data
                 if key not in batches:
                     batches[key] = train_batches(train_data, key[0], settings.steps, key[1])
                 if not os.path.exists(init_path):   # one initial state per candidate
-                    save_params(init_path, pretrain.initial_params(config, settings.seed))
+                    save_params(init_path, arch.initial_params(config, settings.seed))
                 model = backend.load(config, init_path)
                 start = time.time()
                 history = backend.train_mlm(model, batches[key], settings.steps, dict(theta),

@@ -2,7 +2,7 @@
 
 The release's loop (alexa/bort finetune_bort.py; docs/fidelity.md), with its bugs fixed:
 - schedule: warm-up from step 0 (the first update has lr 0), then linear decay floored at 1e-7,
-  over `total_steps` (`learning_rate`);
+  over `total_steps` (`bort_core.optim.finetuning_lr`);
 - epochs of bucketed, shuffled batches (`train_batches`), dev evaluation with the task's metrics
   after each epoch over the whole split (FIX F1), best epoch chosen on the mean of the selecting
   metric over every dev segment (FIX F2: the release looked at the last segment only), early
@@ -35,11 +35,13 @@ import numpy as np
 from bort_core import arch
 from bort_core import checkpoint as ckpt
 from bort_core import io as bio
+from bort_core.arch import initial_params
 from bort_core.configs import BortConfig, get_config
 from bort_core.data.batches import eval_batches, train_batches
 from bort_core.data.leaderboard import write_submission
 from bort_core.data.tasks import Example, Task, featurize, get_task, read_split
 from bort_core.metrics import NonFiniteError, check_finite, evaluate
+from bort_core.tokenizer import load_tokenizer
 
 LR_FLOOR = 1e-7
 CLASSIFIER_INITS = ("uniform", "gaussian", "orthogonal", "xavier")
@@ -255,7 +257,6 @@ def initial_classifier(config: BortConfig, num_classes: int, checkpoint: Optiona
     """Classifier parameters: the checkpoint's backbone (decoder dropped) or, without one, the
     release's random initialisation, plus a fresh head."""
     if checkpoint is None:
-        from bort_core.pretrain import initial_params
         backbone = initial_params(config, seed)
         backbone = OrderedDict((n, v) for n, v in backbone.items() if not n.startswith("decoder."))
     else:
@@ -450,7 +451,6 @@ def run_finetune(backend, options: FinetuneOptions, tokenizer=None, progress: bo
     """The whole job: read the task, build or load the classifier, train with per-epoch dev
     evaluation (unless `only_inference`), score dev with the best model, write the test files
     and `result.json` into the output directory. Returns the result dict."""
-    from bort_core.tokenizer import load_tokenizer
 
     task = get_task(options.task)
     source = options.model_parameters or options.checkpoint

@@ -190,3 +190,11 @@ def choose_record_answers(examples, scores) -> Dict[Hashable, str]:
 
 METRICS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc, "pearson": pearson,
            "spearman": spearman}
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| in float64 (0 when both vanish)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    den = float(np.linalg.norm(b))
+    num = float(np.linalg.norm(a - b))
+    return num / den if den else num

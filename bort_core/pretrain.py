@@ -2,89 +2,60 @@
 
 Both `bort_gluon.pretrain` and `bort_torch.pretrain` implement an `Engine` (forward/backward of
 one micro-batch, the optimizer update, state I/O); `run_pretraining` here drives either one, so
-the data order, schedule, loss scaling, logging, checkpoints and resume are written once.
-
-Loss (per micro-batch; i runs over masked positions, w_i their weights, n = sum_i w_i + 1e-8
-taken over the GLOBAL micro-batch, i.e. over every worker's rows):
-    mlm        = sum_i w_i * CE(s_i, y_i) / n                       (student logits s, fp32)
-    ps, pt     = softmax(s_i / T), softmax(t_i / T)                  (teacher t: eval, no grad)
-    kd (kl)    = T^2 * sum_i w_i * KL(pt_i || ps_i) / n              (textbook; the default)
-    kd (release, `--kd-loss release`): the 2020 term with mxnet 1.5 semantics: Gluon's
-                 KLDivLoss(from_logits=False) applied to the PROBABILITIES ps (so a second
-                 softmax is taken) and averaged over the vocabulary:
-                 T^2 * sum_i w_i * mean_v[pt_iv * (log(pt_iv + 1e-12) - log_softmax(ps_i)_v)] / n
-    mse        = sum_i w_i * mean_v (ps_iv - pt_iv)^2 / n            (logged, never optimised;
-                 `--teacher-mse release` logs the release's T^2 / 2 * mse: its L2Loss halves)
-    loss       = (mlm_weight * mlm + teacher_ce_weight * kd) / accumulate     with a teacher
-    loss       = mlm / accumulate                                           teacherless
-`reference_losses` computes all of it in float64 numpy (the oracle both frameworks are tested
-against).
-
-BERTAdam (both frameworks): Adam without bias correction, decoupled weight decay:
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  w -= lr * (m / (sqrt(v) + eps) + wd * w)
-b1 0.9, b2 0.999, eps 1e-6, wd 0.01; no decay for LayerNorm gains/shifts and biases (names
-matching `no_decay`). The gradient g is the sum over workers and micro-batches, clipped to a
-global L2 norm (`clip_norm`, 0 = off) after loss-scale removal.
-
-Learning rate (the release's): s = 1, 2, ... N; lr * s / W while s <= W (warm-up), then
-lr * (1 - s / N).
+the data order, schedule, loss scaling, logging, checkpoints and resume are written once, from
+their parts: the loss (`bort_core.losses`), BERTAdam, the schedule, clipping and loss scaling
+(`bort_core.optim`), the batch stream (`bort_core.data.stream`), checkpoints and resume
+(`bort_core.resume`). `BackendBase` is the Backend protocol's MLM half, written over this loop.
 
 `--recipe release` sets the release's values at once (`release_values`: batching, loss
 scaler, logged mse, KD term, clipping); explicit options win.
-
-Data: every batch of every shard, every epoch (the release used only the first batch of each
-file: bug P1). Per epoch the shards are visited in a seeded order; each shard is cut into
-length buckets and bucket batches (`bucket_batches`), shuffled with the same seed. A batch is a
-GLOBAL batch: worker r of W trains on `np.array_split(rows, W)[r]` (a worker left without rows
-adds nothing but still takes part in the all-reduce), so W workers see the same batches as one
-worker and compute the same update (the release's per-file split made the data depend on W).
-
-Batches follow `--batching` (bort_core.bucketing): `balanced` (ours) or `release`
-(gluonnlp 0.8.3's FixedBucketSampler with use_average_length). Float16 loss scaling follows
-`--loss-scaler` (bort_core.loss_scaling).
-
-Checkpoints (`ckpt_dir/%07d.*`, step = optimizer steps done): `.params` the student in canonical
-names (the 2020 `.params` format, loadable by either framework), `.states` BERTAdam's moments in
-the same format (`mean:<name>`, `var:<name>`), `.json` bookkeeping (loss scale, skipped steps,
-options); `.json` is written last, so a checkpoint counts only once it exists. Everything is
-written atomically. `--start-step S` (or `latest`) resumes exactly: the batch stream is a pure
-function of (seed, position) and every step reseeds the framework RNG with (seed, step).
 
 Logs (every `log_interval` steps and at the last, rank 0): losses, accuracy and gradient norm
 as their mean over the steps since the previous line; lr, `skipped` (the running count of
 non-finite float16 steps) and `loss_scale` as their value at the logged step.
 
-Fixed release bugs: P1 (above); P2 the fixed-length bucketing path works; P4 logged distillation
-terms are averaged like the loss; P5 only rank 0 logs and writes; P6 the final step is always
-checkpointed; P7 the loss-scale window is an integer; the run is seeded (`--seed`).
+Fixed release bugs: P1 every batch of every shard (`bort_core.data.stream`); P2 the
+fixed-length bucketing path works; P4 logged distillation terms are averaged like the loss; P5
+only rank 0 logs and writes; P6 the final step is always checkpointed; P7 the loss-scale window
+is an integer; the run is seeded (`--seed`).
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
-import shutil
 import time
 import warnings
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from bort_core import checkpoint as ckpt
-from bort_core import io as bio
-from bort_core.bucketing import BATCHINGS, bucket_batches, release_bucket_batches
-from bort_core.data.shards import expand_shards, load_shard
-from bort_core.loss_scaling import LOSS_SCALERS, LossScaler, make_scaler  # noqa: F401
+from bort_core.arch import initial_params
+from bort_core.backend import load_framework
+from bort_core.configs import get_config
+from bort_core.data.bucketing import BATCHINGS
+from bort_core.data.shards import expand_shards
+from bort_core.data.stream import BatchList, BatchStream, worker_slice
+from bort_core.losses import logged_mse, normalizer
 from bort_core.metrics import NonFiniteError, check_finite
+from bort_core.optim import LOSS_SCALERS, make_scaler, pretraining_lr
+from bort_core.resume import (
+    check_resume_options,
+    check_writable,
+    checkpoint_paths,
+    complete_steps,
+    discard_run,
+    load_checkpoint,
+    resolve_start,
+    save_checkpoint,
+)
 
 # ------------------------------------------------------------------------------------ options
 
 KD_LOSSES = ("kl", "release")
 DTYPES = ("float32", "float16", "bfloat16")
 TEACHER_MSES = ("plain", "release")
-NO_DECAY = (".gamma", ".beta", ".bias")    # suffixes of canonical names without weight decay
-PAD_ID = 1                                 # RoBERTa's <pad>; padded ids never reach the output
 
 
 @dataclasses.dataclass
@@ -173,292 +144,11 @@ def release_values(dtype: str) -> Dict:
             "warmup_ratio": 0.01}
 
 
-def logged_mse(mse, options: PretrainOptions):
-    """teacher_mse as logged: ours is sum_i w_i mean_v (ps - pt)^2 / n; the release's L2Loss
-    halves that and the release then multiplies by T^2 (`--teacher-mse release`)."""
-    if options.teacher_mse == "release":
-        return mse * options.temperature ** 2 / 2.0
-    return mse
-
-
-def learning_rate(step: int, options: PretrainOptions) -> float:
-    """The release's schedule for optimizer step `step` (1-based)."""
-    warm = options.warmup_steps
-    if step <= warm:
-        return options.lr * step / warm
-    return options.lr * max(0.0, 1.0 - step / options.num_steps)
-
-
-def decays(name: str) -> bool:
-    """Whether BERTAdam applies weight decay to the canonical parameter `name`."""
-    return not name.endswith(NO_DECAY)
-
-
-# ------------------------------------------------------------------------------------- shards
-
-def collate(shard: Dict[str, list], rows: np.ndarray) -> Dict[str, np.ndarray]:
-    """A padded MLM batch (the Backend protocol's layout) from instances `rows` of a shard."""
-    lengths = shard["valid_lengths"][rows]
-    length, m = int(lengths.max()), max(1, max(len(shard["masked_lm_ids"][r]) for r in rows))
-    ids = np.full((len(rows), length), PAD_ID, dtype=np.int32)
-    pos = np.zeros((len(rows), m), dtype=np.int32)
-    mids = np.zeros((len(rows), m), dtype=np.int32)
-    weights = np.zeros((len(rows), m), dtype=np.float32)
-    for k, r in enumerate(rows):
-        ids[k, :lengths[k]] = shard["input_ids"][r]
-        n = len(shard["masked_lm_ids"][r])
-        pos[k, :n] = shard["masked_lm_positions"][r]
-        mids[k, :n] = shard["masked_lm_ids"][r]
-        weights[k, :n] = shard["masked_lm_weights"][r]
-    return {"input_ids": ids, "valid_length": lengths.astype(np.int32), "masked_positions": pos,
-            "masked_ids": mids, "masked_weights": weights}
-
-
-class BatchStream:
-    """The global batches of a run, a pure function of (files, options, epoch): every batch of
-    every shard (P1 fixed). `batches(start)` resumes at any position without replaying.
-
-    Shards are read lazily and one at a time (the current one stays cached). `batching`
-    "release" cuts buckets as the release's sampler did (bort_core.bucketing); `shuffle=False`
-    keeps the shard order and the unshuffled batch order (the fidelity check's fixed order)."""
-
-    def __init__(self, files: Sequence[str], tokens_per_batch: int, num_buckets: int = 20,
-                 use_avg_len: bool = True, seed: int = 0, vocab_size: Optional[int] = None,
-                 max_length: Optional[int] = None, batching: str = "balanced",
-                 shuffle: bool = True):
-        if not files:
-            raise ValueError("no shard files given")
-        self.files, self.seed = list(files), seed
-        self.limits = {"vocab_size": vocab_size, "max_length": max_length}
-        self.tokens, self.buckets, self.avg = tokens_per_batch, num_buckets, use_avg_len
-        self.batching, self.shuffle = batching, shuffle
-        self._cache = (None, None)
-        self._counts = None
-
-    def shard(self, path):
-        if self._cache[0] != path:
-            self._cache = (path, load_shard(path, **self.limits))
-        return self._cache[1]
-
-    def _plan(self, epoch, path):
-        rng = np.random.RandomState([self.seed, epoch, self.files.index(path)])
-        lengths = self.shard(path)["valid_lengths"]
-        if self.batching == "release" and self.avg:
-            return release_bucket_batches(lengths, self.tokens, self.buckets,
-                                          rng if self.shuffle else None)
-        return bucket_batches(lengths, self.tokens, self.buckets, rng, self.avg)
-
-    def epoch_files(self, epoch):
-        if not self.shuffle:
-            return list(self.files)
-        order = np.random.RandomState([self.seed, epoch]).permutation(len(self.files))
-        return [self.files[i] for i in order]
-
-    def validate(self):
-        """Load (and so check) every shard once; returns the batch count of one epoch."""
-        self._counts = {path: len(self._plan(0, path)) for path in self.files}
-        return sum(self._counts.values())
-
-    def batches(self, start: int = 0, epochs: Optional[int] = None) -> Iterator[Dict]:
-        """Global batches from position `start` on (endlessly unless `epochs` is given)."""
-        if self._counts is None:
-            self.validate()
-        per_epoch = sum(self._counts.values())
-        epoch, skip = divmod(start, per_epoch)
-        while epochs is None or epoch < epochs:
-            for path in self.epoch_files(epoch):
-                if skip >= self._counts[path]:
-                    skip -= self._counts[path]
-                    continue
-                shard = self.shard(path)
-                for rows in self._plan(epoch, path)[skip:]:
-                    yield collate(shard, rows)
-                skip = 0
-            epoch += 1
-
-
-class BatchList:
-    """Given batches as a stream (cycled), for callers that bring their own (parity, Backend)."""
-
-    def __init__(self, batches: Sequence[Dict[str, np.ndarray]]):
-        self.items = list(batches)
-        if not self.items:
-            raise ValueError("no batches given")
-
-    def batches(self, start: int = 0, epochs: Optional[int] = None) -> Iterator[Dict]:
-        end = None if epochs is None else epochs * len(self.items)
-        position = start
-        while end is None or position < end:
-            yield self.items[position % len(self.items)]
-            position += 1
-
-
-def worker_slice(batch: Dict[str, np.ndarray], rank: int, world: int):
-    """Worker `rank`'s rows of a global batch (`np.array_split` order); None when a batch has
-    fewer rows than workers and this one gets none (it then adds nothing but still syncs)."""
-    if world == 1:
-        return batch
-    rows = np.array_split(np.arange(len(batch["valid_length"])), world)[rank]
-    return {k: v[rows] for k, v in batch.items()} if len(rows) else None
-
-
-# ------------------------------------------------------------------------------ loss oracle
-
-def _log_softmax(x, axis=-1):
-    x = x - x.max(axis=axis, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=axis, keepdims=True))
-
-
-def reference_losses(student_logits, masked_ids, masked_weights, teacher_logits=None,
-                     temperature=2.0, kd_loss="kl", normalizer=None) -> Dict[str, float]:
-    """The loss terms of the module docstring in float64 numpy (the test oracle)."""
-    s = np.asarray(student_logits, np.float64)
-    w = np.asarray(masked_weights, np.float64)
-    n = w.sum() + 1e-8 if normalizer is None else normalizer
-    logp = _log_softmax(s)
-    ce = -np.take_along_axis(logp, np.asarray(masked_ids)[..., None].astype(np.int64), -1)[..., 0]
-    out = {"mlm_loss": float((w * ce).sum() / n),
-           "mlm_acc": float((w * (s.argmax(-1) == masked_ids)).sum() / n)}
-    if teacher_logits is not None:
-        t = np.asarray(teacher_logits, np.float64)
-        log_ps, log_pt = _log_softmax(s / temperature), _log_softmax(t / temperature)
-        ps, pt = np.exp(log_ps), np.exp(log_pt)
-        if kd_loss == "kl":
-            kd = (pt * (log_pt - log_ps)).sum(-1)
-        else:
-            kd = (pt * (np.log(pt + 1e-12) - _log_softmax(ps))).mean(-1)
-        out["teacher_ce"] = float(temperature ** 2 * (w * kd).sum() / n)
-        out["teacher_mse"] = float((w * ((ps - pt) ** 2).mean(-1)).sum() / n)
-    return out
-
-
-# ------------------------------------------------------------------------------- checkpoints
-
-def checkpoint_paths(ckpt_dir: str, step: int) -> Dict[str, str]:
-    stem = os.path.join(ckpt_dir, "%07d" % step)
-    return {"params": stem + ".params", "states": stem + ".states", "meta": stem + ".json"}
-
-
-def complete_steps(ckpt_dir: str) -> List[int]:
-    """Steps with a complete checkpoint (its .json written last), ascending."""
-    steps = []
-    for path in glob.glob(os.path.join(ckpt_dir, "[0-9]" * 7 + ".json")):
-        step = int(os.path.basename(path)[:7])
-        if all(os.path.exists(p) for p in checkpoint_paths(ckpt_dir, step).values()):
-            steps.append(step)
-    return sorted(steps)
-
-
-def resolve_start(ckpt_dir: str, start_step) -> int:
-    """`--start-step`: None/0 (fresh), an integer with a complete checkpoint, or 'latest'."""
-    if start_step in (None, "", "0", 0):
-        return 0
-    steps = complete_steps(ckpt_dir)
-    if str(start_step) == "latest":
-        if not steps:
-            raise FileNotFoundError("--start-step latest: no complete checkpoint in %s" % ckpt_dir)
-        return steps[-1]
-    try:
-        step = int(start_step)
-    except ValueError:
-        raise ValueError("--start-step must be an integer or 'latest', got %r" % start_step) from None
-    if step not in steps:
-        raise FileNotFoundError("--start-step %d: no complete checkpoint %s in %s (found: %s)"
-                                % (step, "%07d.{params,states,json}" % step, ckpt_dir,
-                                   ", ".join(map(str, steps)) or "none"))
-    return step
-
-
-def discard_run(ckpt_dir: str) -> None:
-    """Delete the checkpoints, log.jsonl and TensorBoard events an earlier run left."""
-    for path in glob.glob(os.path.join(ckpt_dir, "[0-9]" * 7 + ".*")):
-        os.remove(path)
-    for path in (os.path.join(ckpt_dir, "log.jsonl"), os.path.join(ckpt_dir, "tensorboard")):
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-
-
-def save_checkpoint(ckpt_dir: str, step: int, params: Dict[str, np.ndarray],
-                    states: Dict[str, np.ndarray], meta: Dict) -> str:
-    """Write the three files of a checkpoint atomically, the `.json` marker last."""
-    paths = checkpoint_paths(ckpt_dir, step)
-    ckpt.save_params(paths["params"], params, store_tied_decoder=True)
-    ckpt.save_ndarrays(paths["states"], states)
-    bio.write_text(paths["meta"], json.dumps(meta, indent=2, sort_keys=True))
-    return paths["params"]
-
-
-# Options that decide a run's trajectory: a resume must repeat them. Paths, logging, checkpoint
-# and eval intervals may change (the run can move to another directory or machine).
-TRAJECTORY_OPTIONS = ("num_steps", "warmup_ratio", "lr", "weight_decay", "eps", "beta1", "beta2",
-                      "clip_norm", "accumulate", "tokens_per_batch", "num_buckets", "use_avg_len",
-                      "temperature", "mlm_weight", "teacher_ce_weight", "kd_loss", "dtype",
-                      "dropout", "seed", "loss_scale", "scale_window", "batching",
-                      "loss_scaler")
-FLAGS = {"eps": "adam-epsilon"}     # options whose `bort pretrain` flag is not their name
-
-
-def check_resume_options(options: PretrainOptions, saved: Dict, source: str) -> None:
-    """Refuse to resume a checkpoint under options that would change its trajectory."""
-    stored = saved.get("options", {})
-    changed = ["--%s %r (saved %r)" % (FLAGS.get(k, k.replace("_", "-")), getattr(options, k),
-                                       stored[k])
-               for k in TRAJECTORY_OPTIONS if k in stored and stored[k] != getattr(options, k)]
-    if "teacher" in stored and (stored["teacher"] is None) != (options.teacher is None):
-        changed.append("--teacher %s (saved %s)" % (options.teacher or "absent",
-                                                     stored["teacher"] or "absent"))
-    if changed:
-        raise ValueError("%s was written with other options than this resume: %s; resume with "
-                         "the saved options, or pass --overwrite to start over" % (source,
-                                                                                  "; ".join(changed)))
-
-
-def load_checkpoint(ckpt_dir: str, step: int):
-    """(params, optimizer states, meta) of a complete checkpoint."""
-    paths = checkpoint_paths(ckpt_dir, step)
-    params = ckpt.drop_tied_decoder(ckpt.load_params(paths["params"]), source=paths["params"])
-    states = ckpt.load_params(paths["states"], strip_module_prefixes=False)
-    with open(paths["meta"]) as f:
-        return params, states, json.load(f)
-
-
-def check_writable(directory: str) -> None:
-    try:
-        os.makedirs(directory, exist_ok=True)
-        probe = os.path.join(directory, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as err:
-        raise ValueError("checkpoint directory %s is not writable (%s)" % (directory, err)) from None
-
-
 # ------------------------------------------------------------------------------------- setup
-
-def initial_params(config, seed: int = 0) -> Dict[str, np.ndarray]:
-    """The release's initialisation drawn in numpy (N(0, 0.02) weights, zero biases, unit
-    gains), so both frameworks start from the same weights for a seed."""
-    from bort_core.arch import canonical_shapes
-
-    rng = np.random.RandomState(seed)
-    params = {}
-    for name, shape in canonical_shapes(config).items():
-        if name.endswith(".gamma"):
-            params[name] = np.ones(shape, np.float32)
-        elif name.endswith((".beta", ".bias")):
-            params[name] = np.zeros(shape, np.float32)
-        else:
-            params[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
-    return params
-
 
 def resolve_models(options: PretrainOptions):
     """(student config, initial student params, teacher config or None, teacher params or None),
     validated before any training: unknown configs, missing files, vocabulary mismatch."""
-    from bort_core.configs import get_config
-
     params = None
     if options.init:
         student, params = ckpt.load_model_params(options.init, options.student)
@@ -498,18 +188,6 @@ def make_streams(options: PretrainOptions, config):
     return stream, eval_stream
 
 
-def total_loss(terms: Dict, options: PretrainOptions):
-    """The optimised loss from the terms (numbers or framework tensors alike)."""
-    if "teacher_ce" not in terms:
-        return terms["mlm_loss"]
-    return options.mlm_weight * terms["mlm_loss"] + options.teacher_ce_weight * terms["teacher_ce"]
-
-
-def clip_factor(norm: float, clip_norm: float) -> float:
-    """GluonNLP's clip_grad_global_norm factor: min(1, clip / (norm + 1e-8)); 1 when off."""
-    return min(1.0, clip_norm / (norm + 1e-8)) if clip_norm > 0 else 1.0
-
-
 # ------------------------------------------------------------------------- Backend helpers
 
 def options_from_hparams(hparams: Dict, steps: int) -> PretrainOptions:
@@ -545,26 +223,19 @@ class BackendBase:
         return evaluation_row(evaluate(engine, BatchList(batches)))
 
     def _finetune(self):
-        from bort_core.backend import load_framework
         return load_framework(self.name, "finetune")
 
+    def trainer(self, model, hparams: Dict):
+        return self._finetune().Trainer(model, hparams)
+
     def train_classifier(self, model, batches, steps: int, hparams: Dict):
-        return self._finetune().train_classifier(model, batches, steps, hparams)
+        return self.trainer(model, hparams).train(batches, steps)
 
     def predict(self, model, batches):
         return self._finetune().predict(model, batches)
 
-
-def median_seconds(fn, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of `fn()` over `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return float(np.median(times))
+    def predict_mlm(self, model, batches):
+        return self._finetune().predict_mlm(model, batches)
 
 
 # ----------------------------------------------------------------------------------- logging
@@ -668,11 +339,6 @@ def _local(engine, method, batch, *args) -> Dict[str, float]:
     return {} if rows is None else method(rows, *args)
 
 
-def normalizer(batch: Dict[str, np.ndarray]) -> float:
-    """n = sum of masked weights of the GLOBAL batch + 1e-8."""
-    return float(batch["masked_weights"].astype(np.float64).sum()) + 1e-8
-
-
 def evaluate(engine: Engine, stream: BatchStream) -> Dict[str, float]:
     """Mean statistics over one pass of every eval batch (weighted by masked positions)."""
     sums, total = {}, 0.0
@@ -720,7 +386,7 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
     try:
         for step in range(start + 1, options.num_steps + 1):
             engine.seed(options.seed * 1000003 + step)
-            lr = learning_rate(step, options)
+            lr = pretraining_lr(step, options)
             stats = []
             for _ in range(options.accumulate):
                 batch = next(batches)
@@ -773,9 +439,3 @@ def run_pretraining(engine: Engine, options: PretrainOptions, stream: BatchStrea
     return rows
 
 
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    """||a - b|| / ||b|| in float64 (0 when both vanish)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    den = float(np.linalg.norm(b))
-    num = float(np.linalg.norm(a - b))
-    return num / den if den else num

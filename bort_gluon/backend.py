@@ -2,7 +2,7 @@
 
 MLM training and evaluation run the pretraining Engine (bort_gluon.pretrain); classification
 training and prediction are bort_gluon.finetune's. Fresh models start from the numpy-drawn
-release initialisation (`bort_core.pretrain.initial_params`), so both backends build the same
+release initialisation (`bort_core.arch.initial_params`), so both backends build the same
 weights for a seed.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 
 from bort_core import checkpoint as ckpt
 from bort_core import pretrain as core
+from bort_core.arch import initial_params
+from bort_core.backend import median_seconds
 from bort_core.configs import BortConfig
 from bort_gluon import model as gm
 from bort_gluon.pretrain import Engine
@@ -59,4 +61,4 @@ class Backend(core.BackendBase):
             out = model(ids, valid)
             (out[0] if isinstance(out, (list, tuple)) else out).wait_to_read()
 
-        return core.median_seconds(forward, repeats)
+        return median_seconds(forward, repeats)

@@ -16,7 +16,7 @@ import numpy as np
 from gluonnlp.optimizer import BERTAdam
 from mxnet import autograd
 
-from bort_core import losses
+from bort_core import losses, optim
 from bort_core import pretrain as core
 from bort_gluon.model import BortModel, initialize_like_release, named_parameters, set_params
 
@@ -81,7 +81,7 @@ class Engine(core.Engine):
         self.accumulating = options.accumulate > 1 or world > 1
         for name, p in self.named.items():
             p.grad_req = "add" if self.accumulating else "write"
-            p.wd_mult = 1.0 if core.decays(name) else 0.0
+            p.wd_mult = 1.0 if optim.decays(name) else 0.0
         self.optimizer = BERTAdam(learning_rate=options.lr, beta1=options.beta1,
                                   beta2=options.beta2, epsilon=options.eps,
                                   wd=options.weight_decay,

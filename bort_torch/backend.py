@@ -2,7 +2,7 @@
 
 MLM training and evaluation run the pretraining Engine (bort_torch.pretrain); classification
 training and prediction are bort_torch.finetune's. Fresh models start from the numpy-drawn
-release initialisation (`bort_core.pretrain.initial_params`), so both backends build the same
+release initialisation (`bort_core.arch.initial_params`), so both backends build the same
 weights for a seed.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ import torch
 
 from bort_core import checkpoint as ckpt
 from bort_core import pretrain as core
+from bort_core.arch import initial_params
+from bort_core.backend import median_seconds
 from bort_core.configs import BortConfig
 from bort_torch import model as tm
 from bort_torch.pretrain import Engine
@@ -25,7 +27,7 @@ class Backend(core.BackendBase):
 
     def build(self, config: BortConfig, seed: int = 0, num_classes: Optional[int] = None):
         model = tm.BortModel(config)
-        tm.set_params(model, core.initial_params(config, seed), "initial parameters")
+        tm.set_params(model, initial_params(config, seed), "initial parameters")
         if not num_classes:
             return model
         torch.manual_seed(seed)
@@ -57,6 +59,6 @@ class Backend(core.BackendBase):
         model.eval()
         try:
             with torch.inference_mode():
-                return core.median_seconds(lambda: model(ids, valid), repeats)
+                return median_seconds(lambda: model(ids, valid), repeats)
         finally:
             model.train(was_training)

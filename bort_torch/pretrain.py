@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bort_core import losses, optim
 from bort_core import pretrain as core
 from bort_core.convert import canonical_name
 from bort_torch.model import BortModel, set_params

@@ -9,7 +9,7 @@ Request keys name a computation by their last `_` part (`steps_sampler` is a `sa
 temperature}; `bertadam` {weight, bias, grads, lrs, wd, eps, beta1, beta2}.
 What lives in gluonnlp/mxnet (sampler, losses, BERTAdam) is computed by them; what lives in
 the release's own scripts (the loss scaler, the schedule) is `release_scale_trace` and
-`release_learning_rate`, written here from their description (bort_core.loss_scaling's
+`release_learning_rate`, written here from their description (bort_core.optim's
 docstring) and tested on worked examples. Python 3.7 syntax: this file runs on both stacks.
 """
 import json

@@ -111,10 +111,11 @@ def run_steps(shard: str):
     """(rows per step, loss scale after each step): STEPS steps of `run_pretraining` under
     `--recipe release --dtype float16`, the shard's batches in their fixed (unshuffled) order."""
     from bort_core import pretrain as core
+    from bort_core.data.stream import BatchStream
 
     o = release_options("--dtype", "float16", "--num-steps", str(STEPS), "--data", shard,
                         "--tokens-per-batch", str(TOKENS), "--num-buckets", str(BUCKETS))
-    stream = core.BatchStream([shard], o.tokens_per_batch, o.num_buckets, o.use_avg_len, o.seed,
+    stream = BatchStream([shard], o.tokens_per_batch, o.num_buckets, o.use_avg_len, o.seed,
                               batching=o.batching, shuffle=False)
     engine = ScriptedEngine(o, OVERFLOW_STEPS)
     rows = core.run_pretraining(engine, o, stream)
@@ -126,7 +127,7 @@ def our_kd():
     import mxnet as mx
     import torch
 
-    from bort_core.pretrain import logged_mse
+    from bort_core.losses import logged_mse
     from bort_gluon.pretrain import distillation_terms as gluon_terms
     from bort_torch.pretrain import distillation_terms as torch_terms
 
@@ -182,9 +183,8 @@ SCALER = "formula: release utils/fp16_utils.py DynamicLossScaler, worked example
 
 def legacy_rows(answer: Dict, steps, kd, adam) -> List[Dict]:
     """Rows whose release side the legacy interpreter computed (`answer`)."""
-    from bort_core.bucketing import release_bucket_batches
-    from bort_core.loss_scaling import make_scaler
-    from bort_core.pretrain import learning_rate
+    from bort_core.data.bucketing import release_bucket_batches
+    from bort_core.optim import make_scaler, pretraining_lr
 
     out = []
     lengths = np.asarray(sampler_lengths())
@@ -225,7 +225,7 @@ def legacy_rows(answer: Dict, steps, kd, adam) -> List[Dict]:
                                            for v in adam.values()),
                    "legacy: gluonnlp 0.8.3 BERTAdam, mxnet 1.5 updater"))
     q = request_schedule()
-    lrs = [learning_rate(s, release_options("--num-steps", str(q["num_steps"]))) for s in q["steps"]]
+    lrs = [pretraining_lr(s, release_options("--num-steps", str(q["num_steps"]))) for s in q["steps"]]
     out.append(row("pretrain: learning rate at steps %s of %d (--recipe release)"
                    % (q["steps"], q["num_steps"]), answer["schedule"], lrs,
                    close(lrs, answer["schedule"], 1e-12),
@@ -241,7 +241,7 @@ def value_rows() -> List[Dict]:
     """Rows whose release side is a value the release's scripts set."""
     from bort_core.cli import build_parser
     from bort_core.commands.extract import _theta
-    from bort_core.loss_scaling import make_scaler
+    from bort_core.optim import make_scaler
 
     o32, o16 = release_options(), release_options("--dtype", "float16")
     windows = [make_scaler(o16.loss_scaler, o16.loss_scale, o16.scale_window, True, w).window

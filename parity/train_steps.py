@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from bort_core import pretrain as core
+from bort_core.data.stream import BatchList
+from bort_core.metrics import rel_l2
 from parity import io
 
 LOSS_TOLERANCE = 1e-5     # per-step relative difference of the total loss
@@ -36,7 +38,7 @@ def run(framework, options, student, params, teacher, teacher_params, batches):
     else:
         from bort_torch.pretrain import Engine, build_model
     engine = Engine(options, build_model(student, params), build_model(teacher, teacher_params))
-    rows = core.run_pretraining(engine, options, core.BatchList(batches))
+    rows = core.run_pretraining(engine, options, BatchList(batches))
     return rows, engine.params()
 
 
@@ -61,11 +63,11 @@ def train_steps(student_name="bort_4_8_768_1024", teacher_name="bort_2_4_512_256
         rel = abs(g["loss"] - t["loss"]) / max(abs(t["loss"]), 1e-12)
         losses.append({"step": step, "gluon": g["loss"], "torch": t["loss"], "rel": rel,
                        "ok": bool(rel <= LOSS_TOLERANCE)})
-    params_rows = sorted(({"param": n, "rel_l2": core.rel_l2(final_g[n], final_t[n])}
+    params_rows = sorted(({"param": n, "rel_l2": rel_l2(final_g[n], final_t[n])}
                           for n in final_t), key=lambda r: -r["rel_l2"])
     for r in params_rows:
         r["ok"] = bool(r["rel_l2"] <= PARAM_TOLERANCE)
-    moved = core.rel_l2(np.concatenate([v.ravel() for v in final_t.values()]),
+    moved = rel_l2(np.concatenate([v.ravel() for v in final_t.values()]),
                         np.concatenate([params[n].ravel() for n in final_t]))
     return {"student": student_name, "teacher": teacher_name, "steps": steps, "kd_loss": kd_loss,
             "losses": losses, "params": params_rows, "moved": moved,

@@ -11,7 +11,6 @@ import dataclasses
 import os
 
 from bort_core.backend import load_framework
-from bort_core.bucketing import BATCHINGS
 from bort_core.commands.convention import (
     add_adam_epsilon,
     add_data,
@@ -20,18 +19,19 @@ from bort_core.commands.convention import (
     deprecated,
     warn_deprecated,
 )
+from bort_core.data.bucketing import BATCHINGS
 from bort_core.data.demo import CORPUS_PATH
 from bort_core.data.pretraining import PretrainingOptions, create_pretraining_data
-from bort_core.loss_scaling import LOSS_SCALERS
+from bort_core.optim import LOSS_SCALERS
 from bort_core.pretrain import (
     DTYPES,
     KD_LOSSES,
     TEACHER_MSES,
     PretrainOptions,
-    complete_steps,
     release_values,
 )
 from bort_core.recipe import add_recipe_argument
+from bort_core.resume import complete_steps
 from bort_core.tokenizer import load_tokenizer
 
 DEMO = {"student": "bort_tiny", "num_steps": 300, "tokens_per_batch": 4096, "warmup_ratio": 0.1,

@@ -31,8 +31,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from bort_core.data.demo import TASKS_DIR
 from bort_core.data.shards import object_array
 from bort_core.data.textfiles import JsonRow, jsonl_rows, read_lines
+from bort_core.tokenizer import load_tokenizer
 
 GLUE_URL = "https://gluebenchmark.com/tasks"
 SUPERGLUE_URL = "https://super.gluebenchmark.com/tasks"
@@ -407,7 +409,6 @@ def get_task(name: str) -> Task:
 
 def default_data_dir(task: Task) -> Optional[str]:
     """The embedded directory for demo tasks; None for tasks that need --data-dir."""
-    from bort_core.data.demo import TASKS_DIR
     return TASKS_DIR if task.benchmark == "demo" else None
 
 
@@ -479,7 +480,6 @@ def load_features(task_name: str, split: str, data_dir: Optional[str] = None, to
                   max_len: int = 512):
     """(examples, features) of one split: `read_split` then `featurize` (demo vocabulary when no
     tokenizer is given) -- what a fine-tuning loop needs, in one call."""
-    from bort_core.tokenizer import load_tokenizer
     task = get_task(task_name)
     data = read_split(task, split, data_dir)
     return data.examples, featurize(data.examples, task, tokenizer or load_tokenizer(), max_len)

@@ -12,13 +12,14 @@ from typing import Dict, List
 from bort_core import checkpoint as ckpt
 from bort_core import extraction as ose
 from bort_core import finetune as ft
+from bort_core.arch import initial_params
 from bort_core.backend import get_backend
 from bort_core.configs import get_config
 from bort_core.data import demo
 from bort_core.data.pretraining import read_documents
 from bort_core.data.tasks import featurize, get_task
-from bort_core.pretrain import complete_steps, initial_params
 from bort_core.reproduce.runner import Run, bort, parity
+from bort_core.resume import complete_steps
 from bort_core.tokenizer import load_tokenizer
 
 # Both frameworks pretrain the same student from the same weights on the same batches; step for

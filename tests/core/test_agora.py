@@ -541,7 +541,7 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, references):
         assert not out.exists()
 
     pretrained = str(tmp_path / "pretrained.params")
-    from bort_core.pretrain import initial_params
+    from bort_core.arch import initial_params
     ckpt.save_params(pretrained, initial_params(TINY))
     refused(ValueError, "is not a fine-tuned classifier", pretrained)
     other_vocab = str(tmp_path / "vocab5000.params")

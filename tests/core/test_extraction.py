@@ -8,11 +8,11 @@ import pytest
 
 from bort_core import arch
 from bort_core import extraction as ose
+from bort_core.arch import initial_params
 from bort_core.checkpoint import load_params, save_params
 from bort_core.cli import main
 from bort_core.configs import get_config
 from bort_core.data.shards import object_array
-from bort_core.pretrain import initial_params
 
 GRID = ose.search_space_from_dict(
     {"D": [1, 2, 3, 4], "A": [2, 4], "H": [32, 64, 128], "I": [32, 64, 128],
@@ -282,12 +282,12 @@ def test_compare_rankings():
 
 
 def test_cli_full_run_with_the_fake_backend(tmp_path, monkeypatch, capsys):
-    import bort_core.backend
+    import bort_core.commands.extract
 
     data = tmp_path / "part-000.npz"
     fields = {k: object_array(v) if isinstance(v, list) else v for k, v in shard(vocab=4096).items()}
     np.savez(data, **fields)
-    monkeypatch.setattr(bort_core.backend, "get_backend", lambda name: FakeBackend())
+    monkeypatch.setattr(bort_core.commands.extract, "get_backend", lambda name: FakeBackend())
     out = tmp_path / "out"
     args = ["extract", "--framework", "torch", "--search-space", "tiny", "--epsilon", "3",
             "--steps", "2", "--lr", "1e-3", "1e-2", "--batch-size", "4", "--eval-size", "8",

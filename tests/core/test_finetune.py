@@ -11,7 +11,7 @@ import pytest
 from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
 from bort_core.cli import build_parser, main
-from bort_core.configs import get_config
+from bort_core import optim
 from bort_core.data import tasks as tk
 from bort_core.data.leaderboard import submission_path
 from bort_core.metrics import f1
@@ -86,7 +86,7 @@ def _options(tmp_path, **kw):
 
 def test_learning_rate_warms_up_from_zero_then_decays_to_the_floor():
     hp = ft.make_hparams(1.0, 0, 0.4, 8, 0, total_steps=10)   # 4 warm-up steps
-    lrs = [ft.learning_rate(s, hp) for s in range(12)]
+    lrs = [optim.finetuning_lr(s, hp) for s in range(12)]
     assert lrs[0] == 0.0                       # the release's first update has lr 0
     assert lrs[1:5] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[7] == pytest.approx(0.5)
@@ -145,7 +145,7 @@ def test_classifier_init_schemes(scheme):
 
 
 def test_initial_classifier_takes_the_checkpoint_backbone(tmp_path):
-    from bort_core.pretrain import initial_params
+    from bort_core.arch import initial_params
 
     path = str(tmp_path / "mlm.params")
     params = initial_params(TINY, seed=5)
@@ -362,7 +362,7 @@ def test_bad_input_messages(tmp_path, capsys):
         ft.run_finetune(FakeBackend(), _options(tmp_path, task="sst-2", data_dir=str(tmp_path)),
                         progress=False)
     big = tmp_path / "big.params"
-    from bort_core.pretrain import initial_params
+    from bort_core.arch import initial_params
     ckpt.save_params(str(big), initial_params(TINY.replace(vocab_size=5000)))
     with pytest.raises(ValueError, match="vocabulary"):
         ft.run_finetune(FakeBackend(), _options(tmp_path, task="demo-single",

@@ -24,7 +24,7 @@ def _weighted(s, t, ids, w, n, d, kd_loss):
 def test_terms_equal_the_oracle(kd_loss):
     s, t, ids, w, n = _inputs()
     got, _ = losses.forward(s, ids, w, n, t, 2.0, kd_loss)
-    want = core.reference_losses(s, ids, w, t, 2.0, kd_loss, normalizer=n)
+    want = losses.reference_losses(s, ids, w, t, 2.0, kd_loss, normalizer=n)
     assert set(got) == set(want) == set(losses.TERMS)
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=1e-12, abs=1e-15), key

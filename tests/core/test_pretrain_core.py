@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 
 from bort_core import checkpoint as ckpt
+from bort_core import losses, optim, resume
 from bort_core import pretrain as core
+from bort_core.arch import initial_params
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config
 from bort_core.data import shards as sh
+from bort_core.data.bucketing import bucket_batches
+from bort_core.data.stream import PAD_ID, BatchStream, collate, worker_slice
 
 
 @pytest.fixture
@@ -26,7 +30,7 @@ def _instances(batch):
 
 def test_an_epoch_uses_every_instance_of_every_shard_once(shards):
     # release bug P1: only the first batch of each file was ever used
-    stream = core.BatchStream(shards, tokens_per_batch=96, num_buckets=4, seed=3)
+    stream = BatchStream(shards, tokens_per_batch=96, num_buckets=4, seed=3)
     per_epoch = stream.validate()
     seen = [key for b in stream.batches(0, epochs=1) for key in _instances(b)]
     expected = [tuple(ids) for path in shards for ids in sh.load_shard(path)["input_ids"]]
@@ -35,7 +39,7 @@ def test_an_epoch_uses_every_instance_of_every_shard_once(shards):
 
 
 def test_stream_resumes_at_any_position_and_epochs_differ(shards):
-    stream = core.BatchStream(shards, tokens_per_batch=96, num_buckets=4, seed=3)
+    stream = BatchStream(shards, tokens_per_batch=96, num_buckets=4, seed=3)
     n = stream.validate()
     full = list(stream.batches(0, epochs=2))
     tail = list(stream.batches(n - 2, epochs=2))
@@ -48,45 +52,45 @@ def test_stream_resumes_at_any_position_and_epochs_differ(shards):
 
 def test_bucket_batches_respect_the_token_budget_without_avg_len():
     lengths = np.random.RandomState(0).randint(5, 100, size=500)
-    batches = core.bucket_batches(lengths, 400, 10, np.random.RandomState(1), use_avg_len=False)
+    batches = bucket_batches(lengths, 400, 10, np.random.RandomState(1), use_avg_len=False)
     assert sorted(np.concatenate(batches).tolist()) == list(range(500))
     assert all(len(b) * lengths[b].max() <= 400 or len(b) == 1 for b in batches)
-    avg = core.bucket_batches(lengths, 400, 10, np.random.RandomState(1), use_avg_len=True)
+    avg = bucket_batches(lengths, 400, 10, np.random.RandomState(1), use_avg_len=True)
     assert sorted(np.concatenate(avg).tolist()) == list(range(500))
     assert len(avg) < len(batches)     # the mean length packs more rows than the bucket key
 
 
 def test_worker_slices_partition_the_global_batch(shards):
-    batch = next(core.BatchStream(shards, 200, 2).batches())
-    parts = [core.worker_slice(batch, r, 3) for r in range(3)]
+    batch = next(BatchStream(shards, 200, 2).batches())
+    parts = [worker_slice(batch, r, 3) for r in range(3)]
     for key in batch:
         np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), batch[key])
-    assert core.worker_slice({k: v[:1] for k, v in batch.items()}, 1, 2) is None
+    assert worker_slice({k: v[:1] for k, v in batch.items()}, 1, 2) is None
 
 
 def test_collate_pads_and_keeps_weights(shards):
     shard = sh.load_shard(shards[0])
-    batch = core.collate(shard, np.array([0, 1, 2]))
+    batch = collate(shard, np.array([0, 1, 2]))
     for k, r in enumerate((0, 1, 2)):
         n = len(shard["masked_lm_ids"][r])
         np.testing.assert_array_equal(batch["masked_ids"][k, :n], shard["masked_lm_ids"][r])
         assert batch["masked_weights"][k, n:].sum() == 0
-        assert (batch["input_ids"][k, shard["valid_lengths"][r]:] == core.PAD_ID).all()
+        assert (batch["input_ids"][k, shard["valid_lengths"][r]:] == PAD_ID).all()
 
 
 def test_learning_rate_schedule_is_the_releases():
     o = core.PretrainOptions(num_steps=100, warmup_ratio=0.1, lr=1.0)
-    assert core.learning_rate(1, o) == pytest.approx(0.1)
-    assert core.learning_rate(10, o) == pytest.approx(1.0)
-    assert core.learning_rate(11, o) == pytest.approx(0.89)
-    assert core.learning_rate(100, o) == 0.0
+    assert optim.pretraining_lr(1, o) == pytest.approx(0.1)
+    assert optim.pretraining_lr(10, o) == pytest.approx(1.0)
+    assert optim.pretraining_lr(11, o) == pytest.approx(0.89)
+    assert optim.pretraining_lr(100, o) == 0.0
 
 
 def test_weight_decay_exclusions():
-    assert core.decays("encoder.transformer_cells.0.ffn.ffn_1.weight")
-    assert core.decays("word_embed.0.weight")
+    assert optim.decays("encoder.transformer_cells.0.ffn.ffn_1.weight")
+    assert optim.decays("word_embed.0.weight")
     for name in ("encoder.layer_norm.gamma", "decoder.2.beta", "decoder.3.bias"):
-        assert not core.decays(name)
+        assert not optim.decays(name)
 
 
 def test_reference_losses():
@@ -116,7 +120,7 @@ def test_loss_scaler_skips_halves_and_grows_by_an_integer_window():
 
 
 def test_checkpoints_are_complete_only_with_their_marker(tmp_path):
-    params = core.initial_params(get_config("bort_tiny"), 0)
+    params = initial_params(get_config("bort_tiny"), 0)
     states = {"mean:" + k: np.zeros_like(v) for k, v in params.items()}
     core.save_checkpoint(str(tmp_path), 4, params, states, {"step": 4, "loss_scaler": {}})
     core.save_checkpoint(str(tmp_path), 8, params, states, {"step": 8})
@@ -160,7 +164,7 @@ def test_models_are_checked_before_training(tmp_path, shards):
     with pytest.raises(ValueError, match="unknown config"):
         core.resolve_models(core.PretrainOptions(student="no_such_config"))
     teacher = str(tmp_path / "teacher.params")
-    ckpt.save_params(teacher, core.initial_params(get_config("roberta_tiny"), 1))
+    ckpt.save_params(teacher, initial_params(get_config("roberta_tiny"), 1))
     student = core.PretrainOptions(student="bort_4_8_768_1024", teacher=teacher,
                                    teacher_config="roberta_tiny")
     with pytest.raises(ValueError, match="4096-entry vocabulary"):
@@ -213,7 +217,7 @@ class FakeEngine(core.Engine):
     one parameter counts the applied updates, the steps in `overflow` are non-finite."""
 
     def __init__(self, teacher=False, overflow=(), rank=0, world=1):
-        self.weights = core.initial_params(get_config("bort_tiny"), 0)
+        self.weights = initial_params(get_config("bort_tiny"), 0)
         self.teacher = object() if teacher else None
         self.overflow, self.rank, self.world = set(overflow), rank, world
         self.step = self.applied = 0
@@ -249,7 +253,7 @@ def _fake_run(engine, shards, ckpt_dir, **kw):
     kw = dict(dict(num_steps=6, log_interval=3, ckpt_interval=4), **kw)
     o = core.PretrainOptions(data=",".join(shards), ckpt_dir=ckpt_dir, warmup_ratio=0.5,
                              tensorboard=False, **kw)
-    rows = core.run_pretraining(engine, o, core.BatchStream(shards, 96, 4))
+    rows = core.run_pretraining(engine, o, BatchStream(shards, 96, 4))
     log = os.path.join(ckpt_dir, "log.jsonl")
     return o, rows, [json.loads(line) for line in open(log)] if os.path.exists(log) else None
 
@@ -262,7 +266,7 @@ def test_the_log_shows_the_running_skipped_count_and_loss_scale_at_the_step(
     # the window means would be 1 and 2.67, and a mean of the halving scales
     assert [(r["step"], r["skipped"], r["loss_scale"]) for r in log] == [
         (3, 2, 2.0 ** 13), (6, 3, 2.0 ** 12)]
-    assert [r["lr"] for r in log] == [core.learning_rate(s, o) for s in (3, 6)]
+    assert [r["lr"] for r in log] == [optim.pretraining_lr(s, o) for s in (3, 6)]
     assert [r["loss"] for r in log] == pytest.approx([np.mean([1, 1 / 2, 1 / 3]),
                                                       np.mean([1 / 4, 1 / 5, 1 / 6])])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]

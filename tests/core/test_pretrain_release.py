@@ -3,12 +3,18 @@ teacher_mse and defaults, each on a worked example computed by hand."""
 import numpy as np
 import pytest
 
+from bort_core import losses
 from bort_core import pretrain as core
-from bort_core.bucketing import release_batch_sizes, release_bucket_batches, release_bucket_keys
 from bort_core.cli import build_parser
 from bort_core.commands import extract
 from bort_core.commands.pretrain import options_from_args
-from bort_core.loss_scaling import ReleaseLossScaler, make_scaler
+from bort_core.data.bucketing import (
+    bucket_batches,
+    release_batch_sizes,
+    release_bucket_batches,
+    release_bucket_keys,
+)
+from bort_core.optim import ReleaseLossScaler, make_scaler
 
 LENGTHS = np.array([5, 6, 7, 30, 31, 60, 61, 62, 63, 10])
 
@@ -40,7 +46,7 @@ def test_release_batches_shuffled_cover_every_instance_once_with_the_same_sizes(
 def test_release_batches_hold_fewer_tokens_than_ours():
     # issue 19 item 1: mean + std per bucket, not the mean alone
     lengths = np.random.RandomState(2).randint(8, 129, size=2000)
-    ours = core.bucket_batches(lengths, 1024, 20, np.random.RandomState(0))
+    ours = bucket_batches(lengths, 1024, 20, np.random.RandomState(0))
     release = release_bucket_batches(lengths, 1024, 20)
     assert len(release) > len(ours)
 

@@ -11,9 +11,11 @@ import sys
 import pytest
 
 from bort_core import checkpoint as ckpt
-from bort_core import pretrain as core
+from bort_core import resume
+from bort_core.arch import initial_params
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config
 from bort_core.data import shards as sh
+from bort_core.metrics import rel_l2
 
 STEPS = 5
 
@@ -31,7 +33,7 @@ def _args(tmp_path, framework, ckpt_dir):
             sh.write_synthetic_shard(str(tmp_path / ("part-%03d.npz" % k)), 48,
                                        DEMO_VOCAB_SIZE, seed=k)
         ckpt.save_params(str(tmp_path / "teacher.params"),
-                         core.initial_params(get_config("roberta_tiny"), 9))
+                         initial_params(get_config("roberta_tiny"), 9))
     # >= 6 rows per global batch (lengths <= 32), so both workers always get rows
     return ["-m", "bort_core.cli", "pretrain", "--framework", framework, "--student",
             "bort_tiny", "--teacher", str(tmp_path / "teacher.params"), "--teacher-config",
@@ -54,7 +56,7 @@ def _compare(one, two, label):
     prints the measured differences (pytest -s shows them)."""
     a, b = _final(one), _final(two)
     # key-projection biases: analytically zero gradient, moved by the sign of rounding noise
-    worst = max((core.rel_l2(b[n], a[n]), n) for n in a if not n.endswith("proj_key.bias"))
+    worst = max((rel_l2(b[n], a[n]), n) for n in a if not n.endswith("proj_key.bias"))
     steps_a, steps_b = _steps(one), _steps(two)
     assert [r["step"] for r in steps_a] == [r["step"] for r in steps_b] == list(
         range(1, STEPS + 1))

@@ -13,9 +13,16 @@ mx = pytest.importorskip("mxnet")
 pytestmark = pytest.mark.gluon
 
 from bort_core import checkpoint as ckpt  # noqa: E402
+from bort_core import (
+    losses,  # noqa: E402
+    optim,  # noqa: E402
+    resume,  # noqa: E402
+)
 from bort_core import pretrain as core  # noqa: E402
+from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
+from bort_core.data.stream import BatchStream  # noqa: E402
 from bort_gluon import pretrain as gp  # noqa: E402
 
 
@@ -30,7 +37,7 @@ def shards(tmp_path):
 @pytest.fixture
 def teacher(tmp_path):
     path = str(tmp_path / "teacher.params")
-    ckpt.save_params(path, core.initial_params(get_config("roberta_tiny"), 7))
+    ckpt.save_params(path, initial_params(get_config("roberta_tiny"), 7))
     return path
 
 
@@ -97,7 +104,7 @@ def test_one_update_is_bertadam_without_decay_on_layer_norm_and_bias(shards):
     for name in ("encoder.layer_norm.gamma", "decoder.0.weight"):
         g, w0 = grads[name], params[name].astype(np.float64)
         m, v = 0.1 * g, 0.001 * g * g
-        wd = 0.01 if core.decays(name) else 0.0
+        wd = 0.01 if optim.decays(name) else 0.0
         step = -0.1 * (m / (np.sqrt(v) + 1e-6) + wd * w0)
         # the update (a sign-like ~0.316 per element) to 0.1%: bias correction would scale it
         # by ~30, decay on a gain of 1 would add 1e-3
@@ -111,7 +118,7 @@ def test_gradients_written_for_one_micro_batch_summed_for_more(shards, accumulat
     o = _options(shards, None, "", dropout=0.0, accumulate=accumulate)
     student, params, _, _ = core.resolve_models(o)
     engine = gp.Engine(o, gp.build_model(student, params))
-    batch = next(core.BatchStream(sh.expand_shards(shards), 160).batches())
+    batch = next(BatchStream(sh.expand_shards(shards), 160).batches())
     grads = lambda: np.concatenate([p.grad().asnumpy().ravel() for p in engine.named.values()])
     engine.backward(batch, core.normalizer(batch), 1.0)
     once = grads()

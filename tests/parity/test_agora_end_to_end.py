@@ -16,11 +16,11 @@ pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:the referen
 
 from bort_core import agora  # noqa: E402
 from bort_core import backend as bk  # noqa: E402
+from bort_core.arch import initial_params  # noqa: E402
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core.cli import main  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data.demo import TASKS_DIR  # noqa: E402
-from bort_core.pretrain import initial_params  # noqa: E402
 
 N_TRAIN, N_DEV, N_TEST = 32, 12, 4
 COMMON = ["--task", "demo-single", "--config", "bort_tiny",

@@ -11,9 +11,14 @@ pytestmark = pytest.mark.parity
 
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
-from bort_core.arch import canonical_shapes  # noqa: E402
+from bort_core import resume  # noqa: E402
+from bort_core.arch import (
+    canonical_shapes,  # noqa: E402
+    initial_params,  # noqa: E402
+)
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
+from bort_core.metrics import rel_l2  # noqa: E402
 from parity import train_steps as ts  # noqa: E402
 
 
@@ -42,7 +47,7 @@ def test_a_gluon_checkpoint_resumes_in_torch(tmp_path):
     shards = str(tmp_path / "part-000.npz")
     sh.write_synthetic_shard(shards, 60, DEMO_VOCAB_SIZE, seed=0)
     teacher = str(tmp_path / "teacher.params")
-    ckpt.save_params(teacher, core.initial_params(get_config("roberta_tiny"), 3))
+    ckpt.save_params(teacher, initial_params(get_config("roberta_tiny"), 3))
     opts = lambda d, **kw: core.PretrainOptions(**dict(dict(
         student="bort_tiny", teacher=teacher, teacher_config="roberta_tiny", data=shards,
         ckpt_dir=str(tmp_path / d), num_steps=8, warmup_ratio=0.25, lr=1e-3, dropout=0.0,
@@ -58,7 +63,7 @@ def test_a_gluon_checkpoint_resumes_in_torch(tmp_path):
     end_b = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "mixed"), 8)["params"])
     # key-projection biases have an analytically zero gradient (softmax ignores a shift shared
     # by all keys): starting from 0, Adam moves them by the sign of rounding noise
-    worst = max((core.rel_l2(end_b[n], end_a[n]), n) for n in end_a
+    worst = max((rel_l2(end_b[n], end_a[n]), n) for n in end_a
                 if not n.endswith("proj_key.bias"))
     assert worst[0] <= 1e-4, worst
     assert np.isfinite(straight[-1]["loss"])

@@ -15,7 +15,12 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from bort_core import checkpoint as ckpt  # noqa: E402
+from bort_core import (
+    losses,  # noqa: E402
+    resume,  # noqa: E402
+)
 from bort_core import pretrain as core  # noqa: E402
+from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
 from bort_torch import pretrain as tp  # noqa: E402
@@ -32,7 +37,7 @@ def shards(tmp_path):
 @pytest.fixture
 def teacher(tmp_path):
     path = str(tmp_path / "teacher.params")
-    ckpt.save_params(path, core.initial_params(get_config("roberta_tiny"), 7))
+    ckpt.save_params(path, initial_params(get_config("roberta_tiny"), 7))
     return path
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bort_core import pretrain as core
+from bort_core import resume
 from bort_core.configs import DEMO_VOCAB_SIZE
 from bort_core.data import shards as sh
 

@@ -1,5 +1,15 @@
-"""Dynamic loss scaling for float16 pretraining: ours and the 2020 release's.
+"""The optimizer's arithmetic, framework-neutral: BERTAdam's formula and decay mask, the
+learning-rate schedules, gradient clipping and float16 loss scaling.
 
+BERTAdam (both frameworks): Adam without bias correction, decoupled weight decay:
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  w -= lr * (m / (sqrt(v) + eps) + wd * w)
+b1 0.9, b2 0.999, eps 1e-6, wd 0.01; no decay for LayerNorm gains/shifts and biases (`decays`).
+The gradient g is clipped to a global L2 norm (`clip_factor`, 0 = off) after loss-scale removal.
+
+Learning rates (the release's): pretraining at 1-based step s of N with W warm-up steps:
+lr * s / W while s <= W, then lr * (1 - s / N); fine-tuning in `finetuning_lr`.
+
+Dynamic loss scaling for float16 pretraining, ours and the 2020 release's:
 `--loss-scaler halve` (ours): the scale halves on every non-finite gradient and doubles after
 `window` finite steps in a row. `--loss-scaler release` (set by `--recipe release`): the
 release's `DynamicLossScaler` (utils/fp16_utils.py), described here in our words:
@@ -21,6 +31,43 @@ Either way an overflowing step is skipped (no update) and counted in `skipped`.
 from __future__ import annotations
 
 from typing import Dict
+
+NO_DECAY = (".gamma", ".beta", ".bias")    # suffixes of canonical names without weight decay
+LR_FLOOR = 1e-7                            # fine-tuning's schedule never goes below
+
+
+def decays(name: str) -> bool:
+    """Whether BERTAdam applies weight decay to the canonical parameter `name` (`bort.`-prefixed
+    or not): all but LayerNorm gains/shifts and biases."""
+    return not name.endswith(NO_DECAY)
+
+
+def pretraining_lr(step: int, options) -> float:
+    """The release's pretraining schedule at optimizer step `step` (1-based) of a run's options
+    (`lr`, `warmup_steps`, `num_steps`)."""
+    warm = options.warmup_steps
+    if step <= warm:
+        return options.lr * step / warm
+    return options.lr * max(0.0, 1.0 - step / options.num_steps)
+
+
+def finetuning_lr(step: int, hparams: Dict) -> float:
+    """The release's fine-tuning schedule at 0-based update `step`: lr * step / W during the
+    W = int(total * warmup_ratio) warm-up steps (so update 0 has lr 0), then a linear decay
+    to 0 at `total_steps`, never below LR_FLOOR."""
+    lr, total = hparams["lr"], max(1, int(hparams["total_steps"]))
+    warm = int(total * hparams["warmup_ratio"])
+    if step < warm:
+        return lr * step / warm
+    return max(lr * (1.0 - (step - warm) / max(1, total - warm)), LR_FLOOR)
+
+
+def clip_factor(norm: float, clip_norm: float) -> float:
+    """GluonNLP's clip_grad_global_norm factor: min(1, clip / (norm + 1e-8)); 1 when off."""
+    return min(1.0, clip_norm / (norm + 1e-8)) if clip_norm > 0 else 1.0
+
+
+# ------------------------------------------------------------------------------ loss scaling
 
 LOSS_SCALERS = ("halve", "release")
 RELEASE_INITIAL_SCALE = 1.5 ** 15
