@@ -65,18 +65,44 @@ class Backend(Protocol):
     def evaluate_mlm(self, model, batches: Iterable[Dict], teacher=None) -> Dict[str, float]:
         """`mlm_loss`, `mlm_acc` (and `kd_loss` with a teacher) over the batches, eval mode."""
 
+    def trainer(self, model, hparams: Dict) -> "Trainer":
+        """A new classification/regression fine-tuning run of `model` under `hparams`."""
+
     def train_classifier(self, model, batches: Iterable[Dict], steps: int,
                          hparams: Dict) -> List[Dict[str, float]]:
-        """`steps` optimizer steps of classification/regression fine-tuning."""
+        """`trainer(model, hparams).train(batches, steps)`: a run of `steps` updates."""
 
     def predict(self, model, batches: Iterable[Dict]):
         """Logits (N, C) as one numpy array, in batch order, eval mode."""
 
+    def predict_mlm(self, model, batches: Iterable[Dict]) -> List:
+        """MLM logits (B, M, V) at each MLM batch's `masked_positions` (numpy, one array a
+        batch), eval mode: what Agora's masked-LM resampling draws replacement tokens from."""
+
     def latency(self, model, batch_size: int, seq_len: int, repeats: int = 10) -> float:
         """Median seconds per forward of a (batch_size, seq_len) batch, warm-up excluded."""
+
+
+class Trainer(Protocol):
+    """One fine-tuning run: its optimizer state and step count live here, across `train` calls
+    (a run split into epochs follows one schedule); a run with other hparams is a new Trainer."""
+
+    def train(self, batches: Iterable[Dict], steps: int) -> List[Dict[str, float]]:
+        """`steps` optimizer steps (dropout on); per-step rows {step, loss, lr, grad_norm}."""
 
 
 def get_backend(name: str) -> Backend:
     """`bort_<name>.backend.Backend()`, with an install hint when the framework is missing."""
     return load_framework(name, "backend").Backend()
 
+
+def median_seconds(fn, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return float(np.median(times))

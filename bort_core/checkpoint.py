@@ -553,3 +553,41 @@ def load_model_params(path, config=None, with_decoder=True):
         params = OrderedDict((n, v) for n, v in params.items() if not n.startswith("decoder."))
     return config, params
 
+
+
+def resolve_model(name, checkpoint=None, use_decoder=True, dropout=None):
+    """(config, params or None) for the twins' `get_bort_model`: a registry name, `bort_D_A_I_H`
+    or JSON path, with the vocabulary size and weights of `checkpoint` when given (see
+    `load_model_params`); `dropout` overrides both dropout rates."""
+    params = None
+    if checkpoint is not None:
+        config, params = load_model_params(checkpoint, name, with_decoder=use_decoder)
+    else:
+        config = get_config(name)
+    if dropout is not None:
+        config = config.replace(dropout=dropout, embed_dropout=dropout)
+    return config, params
+
+
+def load_backbone_and_head(path, config=None):
+    """(config, backbone params, head params or None) of a backbone or classifier checkpoint,
+    for a backend building a model (with an MLM decoder when the backbone has one)."""
+    config, params = load_checkpoint(path, config)
+    head = None
+    if is_classifier(params):
+        params, head = split_classifier(params, source=path)
+    return config, params, head
+
+
+def check_params(shapes, params, source="<params>"):
+    """A model's parameters (canonical name -> shape) must be filled by `params` exactly:
+    the same names, the same shapes; a ValueError names the differences."""
+    missing = sorted(set(shapes) - set(params))
+    unexpected = sorted(set(params) - set(shapes))
+    if missing or unexpected:
+        raise ValueError("%s: parameters do not match the model: missing %s; unexpected %s"
+                         % (source, missing[:8] or "none", unexpected[:8] or "none"))
+    for name, shape in shapes.items():
+        if tuple(shape) != np.shape(params[name]):
+            raise ValueError("%s: parameter %s has shape %s, the model expects %s"
+                             % (source, name, np.shape(params[name]), tuple(shape)))

@@ -18,7 +18,7 @@ The release's loop (alexa/bort finetune_bort.py; docs/fidelity.md), with its bug
 
 Framework code receives numpy batches (`input_ids` (B, L) int32 padded with the pad id,
 `valid_length` (B,) int32, `labels` (B,) int64 or float32) and the `hparams` dict documented in
-`Hparams`, and keeps its optimizer state on the model between calls.
+`make_hparams`; one run's optimizer state lives in the Trainer the backend returns.
 """
 from __future__ import annotations
 
@@ -43,7 +43,6 @@ from bort_core.data.tasks import Example, Task, featurize, get_task, read_split
 from bort_core.metrics import NonFiniteError, check_finite, evaluate
 from bort_core.tokenizer import load_tokenizer
 
-LR_FLOOR = 1e-7
 CLASSIFIER_INITS = ("uniform", "gaussian", "orthogonal", "xavier")
 DTYPES = ("float32", "float16")
 # the scale each init draws with when `prob` is unset (our default recipe): the release's
@@ -166,23 +165,6 @@ def make_hparams(lr, weight_decay, warmup_ratio, batch_size, seed, total_steps, 
             "warmup_ratio": float(warmup_ratio), "batch_size": int(batch_size), "seed": int(seed),
             "total_steps": int(total_steps), "clip_norm": float(clip_norm),
             "epsilon": float(epsilon), "classifier_init": classifier_init, "dtype": dtype}
-
-
-def learning_rate(step: int, hparams: Dict) -> float:
-    """The release's fine-tuning schedule at 0-based update `step`: lr * step / W during the
-    W = int(total * warmup_ratio) warm-up steps (so update 0 has lr 0), then a linear decay
-    to 0 at `total_steps`, never below 1e-7."""
-    lr, total = hparams["lr"], max(1, int(hparams["total_steps"]))
-    warm = int(total * hparams["warmup_ratio"])
-    if step < warm:
-        return lr * step / warm
-    return max(lr * (1.0 - (step - warm) / max(1, total - warm)), LR_FLOOR)
-
-
-def decays(name: str) -> bool:
-    """BERTAdam weight decay applies except to LayerNorm gains/shifts and biases (canonical
-    names, `bort.`-prefixed or not)."""
-    return not name.endswith((".gamma", ".beta", ".bias"))
 
 
 def step_row(step: int, loss: float, lr: float, grad_norm: float, hparams: Dict) -> Dict:
@@ -401,11 +383,12 @@ def train_and_select(backend, model, config: BortConfig, num_classes: int, task:
     hparams = options.hparams(len(train["valid_length"]))
     history, done, patience = [], 0, Patience(options.early_stop, options.tie_resets_patience)
     limit = options.training_steps
+    trainer = backend.trainer(model, hparams)
     for epoch in range(1, options.epochs + 1):
         batches = train_batches(train, options.batch_size, options.seed + epoch,
                                 options.num_buckets, scheme=options.buckets)
         steps = len(batches) if limit is None else min(len(batches), limit - done)
-        rows = backend.train_classifier(model, batches[:steps], steps, hparams)
+        rows = trainer.train(batches[:steps], steps)
         done += steps
         dev_metrics = [score_split(backend, model, task, d, options.dev_batch_size)["metrics"]
                        for d in dev]

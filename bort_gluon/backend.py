@@ -30,23 +30,19 @@ class Backend(core.BackendBase):
         model = gm.BortModel(config)
         block = gm.BortClassifier(model, num_classes, dropout=config.classifier_dropout) \
             if num_classes else model
-        gm.initialize_like_release(block)
-        gm.set_params(model, core.initial_params(config, seed), "initial parameters")
+        gm.set_params(model, initial_params(config, seed), "initial parameters")
         return block
 
     def load(self, config: BortConfig, path: str, num_classes: Optional[int] = None):
-        config, params = ckpt.load_checkpoint(path, config)
-        head = None
-        if ckpt.is_classifier(params):
-            params, head = ckpt.split_classifier(params, source=path)
+        config, params, head = ckpt.load_backbone_and_head(path, config)
         model = gm.BortModel(config, use_decoder=any(n.startswith("decoder.") for n in params))
-        block = gm.BortClassifier(model, num_classes, dropout=config.classifier_dropout) \
-            if num_classes else model
-        gm.initialize_like_release(block)
         gm.set_params(model, params, path)
-        if num_classes and head is not None:
-            gm.set_params(block, ckpt.join_classifier(params, head), path)
-        return block
+        if not num_classes:
+            return model
+        classifier = gm.BortClassifier(model, num_classes, dropout=config.classifier_dropout)
+        if head is not None:
+            gm.set_params(classifier, ckpt.join_classifier(params, head), path)
+        return classifier
 
     def save(self, model, path: str) -> None:
         gm.save_checkpoint(model, path)

@@ -20,7 +20,7 @@ from gluonnlp.model import GELU, BERTEncoder, BERTModel
 from mxnet.gluon import HybridBlock, nn
 
 from bort_core import checkpoint as ckpt
-from bort_core.configs import BortConfig, get_config
+from bort_core.configs import BortConfig
 
 
 class Packing:
@@ -128,9 +128,10 @@ class BortModel(BERTModel):
     `valid_length` are zero in the output. With a `valid_length` NDArray the unpadded path
     runs (see `set_unpadded`), except while a forward hook sits on the embedding LayerNorm or
     a cell (hooks such as parity.dump's taps read GluonNLP's (L, B, U) outputs there).
+    Initialised as the release did, on `device` (an MXNet context; default: the CPU).
     """
 
-    def __init__(self, config: BortConfig, use_decoder: bool = True, prefix=None, params=None):
+    def __init__(self, config: BortConfig, use_decoder: bool = True, device=None):
         self.config = config
         encoder = BortEncoder(num_layers=config.num_layers, units=config.units,
                               hidden_size=config.hidden_size, max_length=config.max_length,
@@ -140,8 +141,8 @@ class BortModel(BERTModel):
                          token_type_vocab_size=config.token_type_vocab_size or None,
                          units=config.units, embed_size=config.units, use_pooler=False,
                          use_decoder=use_decoder, use_classifier=False,
-                         use_token_type_embed=bool(config.token_type_vocab_size),
-                         prefix=prefix, params=params)
+                         use_token_type_embed=bool(config.token_type_vocab_size))
+        _initialize(self, device or mx.cpu())
 
     def _get_embed(self, embed, vocab_size, embed_size, initializer, prefix):
         embed = super()._get_embed(embed, vocab_size, embed_size, initializer, prefix)
@@ -200,11 +201,11 @@ class BortModel(BERTModel):
 class BortClassifier(HybridBlock):
     """The release's sentence classifier: first token -> Dropout -> Dense(units, tanh) ->
     Dropout -> Dense(num_classes). With dropout 0 the Dropout layers are absent, which shifts
-    the head's parameter names from `classifier.{1,3}` to `classifier.{0,1}` (as in 2020)."""
+    the head's parameter names from `classifier.{1,3}` to `classifier.{0,1}` (as in 2020).
+    The head is initialised as the release did, on `bort`'s context."""
 
-    def __init__(self, bort: BortModel, num_classes: int = 2, dropout: float = 0.0,
-                 prefix=None, params=None):
-        super().__init__(prefix=prefix, params=params)
+    def __init__(self, bort: BortModel, num_classes: int = 2, dropout: float = 0.0):
+        super().__init__()
         self.bort = bort
         self._units = bort.config.units
         with self.name_scope():
@@ -215,6 +216,9 @@ class BortClassifier(HybridBlock):
             if dropout:
                 self.classifier.add(nn.Dropout(rate=dropout))
             self.classifier.add(nn.Dense(units=num_classes, flatten=False))
+        device = device_of(bort)
+        self.classifier.initialize(init=mx.init.Normal(0.02), ctx=device)
+        self.classifier(mx.nd.zeros((1, self._units), ctx=device))   # settles deferred shapes
 
     def __call__(self, inputs, valid_length=None):
         return super().__call__(inputs, valid_length, self.bort.packing(inputs, valid_length))
@@ -225,15 +229,17 @@ class BortClassifier(HybridBlock):
         return self.classifier(first)
 
 
-def initialize_like_release(block: HybridBlock, ctx=None, sigma: float = 0.02) -> None:
-    """Normal(0, sigma) weights, zero biases, unit LayerNorm gains (what the release did).
+def device_of(model: HybridBlock):
+    """The context an initialised model's parameters live on."""
+    return next(iter(model.collect_params().values())).list_ctx()[0]
 
-    A one-token forward then settles GluonNLP's deferred shapes, so every parameter exists
-    right after construction (as in the torch twin)."""
-    ctx = ctx or mx.cpu()
-    block.initialize(init=mx.init.Normal(sigma), ctx=ctx, force_reinit=True)
-    one = mx.nd.zeros((1, 1), ctx=ctx)
-    valid = mx.nd.ones((1,), ctx=ctx)
+
+def _initialize(block: HybridBlock, device, sigma: float = 0.02) -> None:
+    """Normal(0, sigma) weights, zero biases, unit LayerNorm gains on `device`; a one-token
+    forward then settles GluonNLP's deferred shapes, so every parameter exists."""
+    block.initialize(init=mx.init.Normal(sigma), ctx=device, force_reinit=True)
+    one = mx.nd.zeros((1, 1), ctx=device)
+    valid = mx.nd.ones((1,), ctx=device)
     if isinstance(block, BortClassifier):
         block(one, valid)
         block = block.bort   # its MLM decoder, if any, only runs with masked positions
@@ -241,74 +247,73 @@ def initialize_like_release(block: HybridBlock, ctx=None, sigma: float = 0.02) -
         block(one, valid, one if block._use_decoder else None)
 
 
-def named_parameters(block: HybridBlock):
-    """Structural name -> Parameter, the names `save_parameters` writes (tied ones once)."""
+def initialize_like_release(model: HybridBlock, sigma: float = 0.02) -> None:
+    """Normal(0, sigma) weights, zero biases, unit LayerNorm gains (what the release did; done
+    at construction, call again to redraw), on the model's context."""
+    _initialize(model, device_of(model), sigma)
+
+
+def named_parameters(model: HybridBlock):
+    """Canonical (structural) name -> Parameter, the names `save_parameters` writes (tied
+    ones once)."""
     seen, named = set(), {}
-    for name, param in block._collect_params_with_prefix().items():
+    for name, param in model._collect_params_with_prefix().items():
         if id(param) not in seen:
             seen.add(id(param))
             named[name] = param
     return named
 
 
-def get_params(block: HybridBlock):
+def get_params(model: HybridBlock):
     """Canonical name -> numpy array (float32 as stored)."""
-    return {name: p.data().asnumpy() for name, p in named_parameters(block).items()}
+    return {name: p.data().asnumpy() for name, p in named_parameters(model).items()}
 
 
-def set_params(block: HybridBlock, params, source: str = "<params>") -> None:
-    """Copy a canonical dict into an initialised block (see `initialize_like_release`); names
-    and shapes must match exactly."""
-    named = named_parameters(block)
-    missing = sorted(set(named) - set(params))
-    unexpected = sorted(set(params) - set(named))
-    if missing or unexpected:
-        raise ValueError("%s: parameters do not match the model: missing %s; unexpected %s"
-                         % (source, missing[:8] or "none", unexpected[:8] or "none"))
+def set_params(model: HybridBlock, params, source: str = "<params>") -> None:
+    """Copy a canonical dict into the model; names and shapes must match exactly."""
+    named = named_parameters(model)
+    ckpt.check_params({name: p.shape for name, p in named.items()}, params, source)
     for name, param in named.items():
-        value = np.asarray(params[name])
-        if tuple(param.shape) != value.shape:
-            raise ValueError("%s: parameter %s has shape %s, the model expects %s"
-                             % (source, name, value.shape, tuple(param.shape)))
-        param.set_data(mx.nd.array(value, dtype=param.dtype))
+        param.set_data(mx.nd.array(np.asarray(params[name]), dtype=param.dtype))
 
 
 def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
-                   use_decoder: bool = True, dropout: float = None, ctx=None, seed: int = None):
-    """Build a registry config (or `bort_D_A_I_H`, or a JSON path) as a BortModel.
+                   use_decoder: bool = True, dropout: float = None, device=None,
+                   seed: int = None):
+    """Build a registry config (or `bort_D_A_I_H`, or a JSON path) as a BortModel on `device`
+    (an MXNet context; default: the CPU).
 
     With `checkpoint` (a `.params` file) the vocabulary size is taken from its word embedding
     and its weights are loaded (a decoder file into a decoder-less model drops the decoder);
     otherwise the model is initialised as the release did. `dropout` overrides both dropout
     rates (0 for deterministic parity runs).
     """
-    params = None
-    if checkpoint is not None:
-        config, params = ckpt.load_model_params(checkpoint, name, with_decoder=use_decoder)
-    else:
-        config = get_config(name)
-    if dropout is not None:
-        config = config.replace(dropout=dropout, embed_dropout=dropout)
+    config, params = ckpt.resolve_model(name, checkpoint, use_decoder, dropout)
     if seed is not None:
         mx.random.seed(seed)
         np.random.seed(seed)
-    model = BortModel(config, use_decoder=use_decoder)
-    initialize_like_release(model, ctx)
+    model = BortModel(config, use_decoder=use_decoder, device=device)
     if params is not None:
         set_params(model, params, checkpoint)
     return model
 
 
-def set_unpadded(block: HybridBlock, enabled: bool = True) -> HybridBlock:
+def set_fast_paths(model: HybridBlock, enabled: bool = True) -> HybridBlock:
+    """Switch every fast path on (the default) or off; here that is the unpadded encoder
+    (`set_unpadded`, MXNet's interleaved self-attention included). Parameters are untouched."""
+    return set_unpadded(model, enabled)
+
+
+def set_unpadded(model: HybridBlock, enabled: bool = True) -> HybridBlock:
     """Switch the encoders between running position-wise ops on the real tokens only (the
     default) and GluonNLP's padded (B, L) forward. Parameters are untouched; a hybridized
     block is re-traced at its next call."""
-    for child in _blocks(block):
+    for child in _blocks(model):
         if isinstance(child, BortEncoder):
             child.unpadded = enabled
-    if isinstance(block, HybridBlock) and block._active:
-        block._clear_cached_op()
-    return block
+    if isinstance(model, HybridBlock) and model._active:
+        model._clear_cached_op()
+    return model
 
 
 def _blocks(block):
@@ -317,14 +322,14 @@ def _blocks(block):
         yield from _blocks(child)
 
 
-def hybridize_for_speed(block: HybridBlock, static: bool = True) -> HybridBlock:
+def hybridize_for_speed(model: HybridBlock, static: bool = True) -> HybridBlock:
     """Hybridize with `static_alloc`/`static_shape`: one cached graph whose memory is planned
     once (recompiled only when input shapes change). Numerics are unchanged."""
-    block.hybridize(static_alloc=static, static_shape=static)
-    return block
+    model.hybridize(static_alloc=static, static_shape=static)
+    return model
 
 
-def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> HybridBlock:
+def to_low_precision(model: HybridBlock, dtype: str = "bfloat16", device=None) -> HybridBlock:
     """MXNet AMP conversion of a hybridized block that has run once (a SymbolBlock comes
     back; call it with the same positional inputs). AMP has no rule for GluonNLP's fused
     self-attention operators, so those nodes stay float32. The block must run padded
@@ -333,23 +338,23 @@ def to_low_precision(block: HybridBlock, dtype: str = "bfloat16", ctx=None) -> H
     says so."""
     from mxnet.contrib import amp
 
-    ctx = ctx or mx.cpu()
+    ctx = device or mx.cpu()
     if dtype not in ("float16", "bfloat16"):
         raise ValueError("to_low_precision: dtype must be float16 or bfloat16, got %r" % dtype)
     if dtype == "float16" and ctx.device_type != "gpu":
         raise ValueError("float16 AMP needs a GPU context; on CPU use bfloat16")
-    if not block._cached_graph:
+    if not model._cached_graph:
         raise ValueError("to_low_precision: hybridize the block and run it once first")
-    if any(isinstance(b, BortEncoder) and b.unpadded for b in _blocks(block)):
+    if any(isinstance(b, BortEncoder) and b.unpadded for b in _blocks(model)):
         raise ValueError("to_low_precision: switch the unpadded path off first "
                          "(set_unpadded(block, False)), then run the block once")
     if dtype == "bfloat16" and ctx.device_type == "cpu":
         _check_cpu_bfloat16(ctx)
-    keep = [name for name in block._cached_graph[1].get_internals().list_outputs()
+    keep = [name for name in model._cached_graph[1].get_internals().list_outputs()
             if "interleaved_matmul" in name]
     keep = [name[: -len("_output")] if name.endswith("_output") else name for name in keep]
     try:
-        return amp.convert_hybrid_block(block, target_dtype=dtype, excluded_sym_names=keep, ctx=ctx)
+        return amp.convert_hybrid_block(model, target_dtype=dtype, excluded_sym_names=keep, ctx=ctx)
     except (mx.base.MXNetError, AssertionError) as err:
         raise ValueError("MXNet %s AMP cannot convert this model to %s: %s"
                          % (mx.__version__, dtype, str(err).strip().splitlines()[0])) from err
@@ -372,12 +377,12 @@ def _check_cpu_bfloat16(ctx) -> None:
                          "AVX-512): %s" % (mx.__version__, str(err).strip().splitlines()[0])) from err
 
 
-def plain_bert_model(config: BortConfig, use_decoder: bool = True, ctx=None) -> BERTModel:
+def plain_bert_model(config: BortConfig, use_decoder: bool = True, device=None) -> BERTModel:
     """GluonNLP's own BERTModel with the config's shapes and none of Bort's changes (the speed
     baseline); same parameter names as BortModel, initialised and shape-settled. Call it as
     `model(inputs, None, valid_length[, masked_positions])` (masked positions required with a
     decoder)."""
-    ctx = ctx or mx.cpu()
+    ctx = device or mx.cpu()
     encoder = BERTEncoder(num_layers=config.num_layers, units=config.units,
                           hidden_size=config.hidden_size, max_length=config.max_length,
                           num_heads=config.num_heads, dropout=config.dropout,
@@ -391,7 +396,7 @@ def plain_bert_model(config: BortConfig, use_decoder: bool = True, ctx=None) -> 
     return model
 
 
-def save_checkpoint(block: HybridBlock, path: str, tied_twice: bool = True) -> None:
+def save_checkpoint(model: HybridBlock, path: str, tied_twice: bool = True) -> None:
     """Write a `.params` file atomically; by default the tied decoder weight is stored under
     both names, as GluonNLP's `save_parameters` (and so every 2020 file) does."""
-    ckpt.save_params(path, get_params(block), store_tied_decoder=tied_twice)
+    ckpt.save_params(path, get_params(model), store_tied_decoder=tied_twice)

@@ -18,7 +18,7 @@ from mxnet import autograd
 
 from bort_core import losses, optim
 from bort_core import pretrain as core
-from bort_gluon.model import BortModel, initialize_like_release, named_parameters, set_params
+from bort_gluon.model import BortModel, device_of, named_parameters, set_params
 
 
 class _DistillationTerms(mx.autograd.Function):
@@ -61,6 +61,16 @@ def global_norm(grads) -> float:
     return float(np.sqrt(np.sum(mx.nd.concat(*squares, dim=0).asnumpy().astype(np.float64))))
 
 
+def clip_and_update(updater, grads, weights, lr: float, norm: float, clip_norm: float,
+                    scale: float = 1.0) -> None:
+    """One optimizer step of `updater` on `grads` (summed at loss scale `scale`, of global
+    norm `norm` once unscaled), clipped to `clip_norm` as GluonNLP's clip_grad_global_norm
+    does, through the optimizer's `rescale_grad`."""
+    updater.optimizer.set_learning_rate(lr)
+    updater.optimizer.rescale_grad = optim.clip_factor(norm, clip_norm) / scale
+    updater(list(range(len(grads))), grads, weights)
+
+
 class Engine(core.Engine):
     """Student (+ frozen teacher) and BERTAdam on one worker; see bort_core.pretrain.Engine."""
 
@@ -71,7 +81,7 @@ class Engine(core.Engine):
                              "runs use --framework torch" % options.dtype)
         self.opt_, self.rank, self.world = options, rank, world
         self.model, self.teacher = model, teacher
-        self.ctx = list(model.collect_params().values())[0].list_ctx()[0]
+        self.ctx = device_of(model)
         if teacher is not None:
             teacher.collect_params().setattr("grad_req", "null")
         self.named = named_parameters(self.model)
@@ -102,7 +112,7 @@ class Engine(core.Engine):
                                                  b["masked_positions"])
         terms = distillation_terms(logits, teacher_logits, b["masked_ids"], b["masked_weights"],
                                    normalizer, o.temperature, o.kd_loss)
-        terms["loss"] = core.total_loss(terms, o)
+        terms["loss"] = losses.total_loss(terms, o)
         return terms
 
     def _stats(self, terms, batch):
@@ -130,10 +140,8 @@ class Engine(core.Engine):
         norm = global_norm(grads) / scale
         finite = bool(np.isfinite(norm))
         if finite:
-            self.optimizer.set_learning_rate(lr)
-            self.optimizer.rescale_grad = core.clip_factor(norm, self.opt_.clip_norm) / scale
-            for i, n in enumerate(self.order):
-                self.updater(i, grads[i], self.named[n].data(self.ctx))
+            clip_and_update(self.updater, grads, [self.named[n].data(self.ctx) for n in self.order],
+                            lr, norm, self.opt_.clip_norm, scale)
         if self.accumulating:
             for g in grads:
                 g[:] = 0
@@ -186,32 +194,31 @@ def init_distributed():
     return hvd.rank(), hvd.size(), mx.gpu(hvd.local_rank()) if gpu else mx.cpu()
 
 
-def build_model(config, params, ctx=None, source: str = "<params>") -> BortModel:
-    """An initialised BortModel holding canonical `params`, on `ctx`, hybridized for the
+def build_model(config, params, device=None, source: str = "<params>") -> BortModel:
+    """A BortModel holding canonical `params`, on `device` (an MXNet context), hybridized for the
     Engine's calls: one cached graph (static_alloc: memory planned once; shapes stay free as
     buckets vary; the unpadded path's packing indices are graph inputs, so results equal the
     imperative run's), ~7% less time per pretraining step."""
-    model = BortModel(config)
-    initialize_like_release(model, ctx or mx.cpu())
+    model = BortModel(config, device=device)
     set_params(model, params, source)
     model.hybridize(static_alloc=True)
     return model
 
 
-def build_engine(options: core.PretrainOptions, rank: int = 0, world: int = 1, ctx=None):
+def build_engine(options: core.PretrainOptions, rank: int = 0, world: int = 1, device=None):
     """(engine, student config): models resolved and checked by bort_core.pretrain."""
     student, params, teacher, teacher_params = core.resolve_models(options)
-    model = build_model(student, params, ctx, options.init or "initial parameters")
+    model = build_model(student, params, device, options.init or "initial parameters")
     teacher_model = None
     if teacher is not None:
-        teacher_model = build_model(teacher, teacher_params, ctx, options.teacher)
+        teacher_model = build_model(teacher, teacher_params, device, options.teacher)
     return Engine(options, model, teacher_model, rank, world), student
 
 
-def pretrain(options: core.PretrainOptions, ctx=None) -> List[Dict]:
+def pretrain(options: core.PretrainOptions, device=None) -> List[Dict]:
     """Run a whole pretraining job (one process, or one horovodrun worker)."""
     rank, world, auto = init_distributed()
-    engine, student = build_engine(options, rank, world, ctx or auto)
+    engine, student = build_engine(options, rank, world, device or auto)
     stream, eval_stream = core.make_streams(options, student)
     return core.run_pretraining(engine, options, stream, eval_stream,
                                 meta={"framework": "gluon", "workers": world})

@@ -34,10 +34,7 @@ class Backend(core.BackendBase):
         return tm.BortClassifier(model, num_classes, dropout=config.classifier_dropout)
 
     def load(self, config: BortConfig, path: str, num_classes: Optional[int] = None):
-        config, params = ckpt.load_checkpoint(path, config)
-        head = None
-        if ckpt.is_classifier(params):
-            params, head = ckpt.split_classifier(params, source=path)
+        config, params, head = ckpt.load_backbone_and_head(path, config)
         model = tm.BortModel(config, use_decoder=any(n.startswith("decoder.") for n in params))
         tm.set_params(model, params, path)
         if not num_classes:

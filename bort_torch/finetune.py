@@ -1,11 +1,11 @@
 """Task fine-tuning steps in PyTorch: the twin of bort_gluon.finetune.
 
-`train_classifier` and `predict` are what `bort_torch.backend.Backend` delegates to; the loop
-around them (epochs, schedule, dev evaluation, test files) is `bort_core.finetune`. The optimizer
-(BERTAdam, weight decay except LayerNorm/bias) and the step count live on the model between
-calls, so a run split into epochs follows one schedule. float16: autocast + dynamic loss
-scaling; gradients are unscaled BEFORE the global-norm clip (FIX F5: the release clipped the
-scaled gradients).
+`Trainer` and `predict` are what `bort_torch.backend.Backend` delegates to; the loop around them
+(epochs, schedule, dev evaluation, test files) is `bort_core.finetune`. A `Trainer` holds one
+run's optimizer (BERTAdam, weight decay except LayerNorm/bias) and step count, so a run split
+into epochs follows one schedule, and a new run (new hparams) starts a new Trainer. float16:
+autocast + dynamic loss scaling; gradients are unscaled BEFORE the global-norm clip (FIX F5: the
+release clipped the scaled gradients).
 """
 from __future__ import annotations
 
@@ -17,29 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from bort_core import finetune as core
-from bort_core.convert import canonical_name
-from bort_core.pretrain import clip_factor
-from bort_torch.pretrain import BERTAdam
-
-
-class _State:
-    """Optimizer, step counter and loss scaler of one model's fine-tuning."""
-
-    def __init__(self, model, hparams: Dict):
-        named = {canonical_name(n): p for n, p in model.named_parameters()}
-        groups = [{"params": [p for n, p in named.items() if core.decays(n)]},
-                  {"params": [p for n, p in named.items() if not core.decays(n)],
-                   "weight_decay": 0.0}]
-        self.params = list(named.values())
-        self.optimizer = BERTAdam(groups, lr=hparams["lr"], eps=hparams.get("epsilon", 1e-6),
-                                  weight_decay=hparams["weight_decay"])
-        self.step = 0
-        self.fp16 = hparams.get("dtype", "float32") == "float16"
-        self.scaler = torch.amp.GradScaler(_device(model).type, enabled=self.fp16)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+from bort_core import optim
+from bort_torch.model import device_of, named_parameters
+from bort_torch.pretrain import BERTAdam, clip_gradients
 
 
 def _tensors(batch, device):
@@ -55,46 +35,57 @@ def loss_fn(logits, labels):
     return F.cross_entropy(logits.float(), labels.long())
 
 
-def train_classifier(model, batches: Iterable[Dict], steps: int, hparams: Dict) -> List[Dict]:
-    """`steps` BERTAdam updates (dropout on); per-step rows {step, loss, lr, grad_norm}."""
-    state = getattr(model, "_bort_finetune", None)
-    if state is None:
+class Trainer:
+    """One fine-tuning run of `model` under `hparams`: BERTAdam, loss scaler and step count,
+    kept across `train` calls."""
+
+    def __init__(self, model, hparams: Dict):
         torch.manual_seed(hparams.get("seed", 0))
-        state = model._bort_finetune = _State(model, hparams)
-    device = _device(model)
-    model.train()
-    rows = []
-    autocast = torch.autocast(device.type, dtype=torch.float16) if state.fp16 \
-        else contextlib.nullcontext()
-    for batch in core.take_steps(batches, steps):
-        lr = core.learning_rate(state.step, hparams)
-        inputs, valid = _tensors(batch, device)
-        labels = torch.from_numpy(np.ascontiguousarray(batch["labels"])).to(device)
-        with autocast:
-            logits = model(inputs, valid)
-        loss = loss_fn(logits, labels)
-        state.optimizer.zero_grad(set_to_none=False)
-        state.scaler.scale(loss).backward()
-        state.scaler.unscale_(state.optimizer)
-        grads = [p.grad for p in state.params if p.grad is not None]
-        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
-        factor = clip_factor(norm, hparams.get("clip_norm", 1.0))
-        if factor != 1.0:
-            for g in grads:
-                g.mul_(factor)
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        state.step += 1
-        rows.append(core.step_row(state.step, float(loss.detach()), lr, norm, hparams))
-    return rows
+        self.model, self.hparams = model, hparams
+        named = named_parameters(model)
+        groups = [{"params": [p for n, p in named.items() if optim.decays(n)]},
+                  {"params": [p for n, p in named.items() if not optim.decays(n)],
+                   "weight_decay": 0.0}]
+        self.params = list(named.values())
+        self.optimizer = BERTAdam(groups, lr=hparams["lr"], eps=hparams.get("epsilon", 1e-6),
+                                  weight_decay=hparams["weight_decay"])
+        self.step = 0
+        self.fp16 = hparams.get("dtype", "float32") == "float16"
+        self.scaler = torch.amp.GradScaler(device_of(model).type, enabled=self.fp16)
+
+    def train(self, batches: Iterable[Dict], steps: int) -> List[Dict]:
+        """`steps` BERTAdam updates (dropout on); per-step rows {step, loss, lr, grad_norm}."""
+        model, hparams = self.model, self.hparams
+        device = device_of(model)
+        model.train()
+        rows = []
+        autocast = torch.autocast(device.type, dtype=torch.float16) if self.fp16 \
+            else contextlib.nullcontext()
+        for batch in core.take_steps(batches, steps):
+            lr = optim.finetuning_lr(self.step, hparams)
+            inputs, valid = _tensors(batch, device)
+            labels = torch.from_numpy(np.ascontiguousarray(batch["labels"])).to(device)
+            with autocast:
+                logits = model(inputs, valid)
+            loss = loss_fn(logits, labels)
+            self.optimizer.zero_grad(set_to_none=False)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = clip_gradients(grads, hparams.get("clip_norm", 1.0))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            rows.append(core.step_row(self.step, float(loss.detach()), lr, norm, hparams))
+        return rows
 
 
 @torch.no_grad()
 def predict(model, batches: Iterable[Dict]) -> np.ndarray:
     """Logits (N, C) in batch order, eval mode (dropout off), float32."""
-    device = _device(model)
+    device = device_of(model)
     was_training = model.training
     model.eval()
     try:
@@ -108,7 +99,7 @@ def predict(model, batches: Iterable[Dict]) -> np.ndarray:
 def predict_mlm(model, batches: Iterable[Dict]) -> List[np.ndarray]:
     """MLM logits (B, M, V) at each batch's `masked_positions`, eval mode, one array a batch
     (what Agora's masked-LM resampling draws replacement tokens from)."""
-    device = _device(model)
+    device = device_of(model)
     model.eval()
     out = []
     for b in batches:

@@ -8,7 +8,7 @@ dropout placement follow the 2020 model (docs/models.md): word embedding
 `valid_length` are zeroed; the MLM decoder's LayerNorm uses eps 1e-12.
 
 Fast paths (each switchable, parameters untouched): the fused QKV GEMM + SDPA attention
-(`set_fast_attention`) and the unpadded encoder (`set_unpadded`), which runs every position-wise
+(`set_fast_paths`) and the unpadded encoder (`set_unpadded`), which runs every position-wise
 op (and, on CPU, the attention) on the real tokens only (`Packing`).
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bort_core import checkpoint as ckpt
-from bort_core.configs import BortConfig, get_config
-from bort_core.names import TIED_DECODER, canonical_name
+from bort_core.configs import BortConfig
+from bort_core.names import canonical_name
 
 
 class Packing:
@@ -235,10 +235,11 @@ class BortModel(nn.Module):
 
     `model(inputs, valid_length=None, masked_positions=None, token_types=None)` returns the
     sequence output (B, L, H), plus the MLM logits (B, M, V) when `masked_positions` is given
-    to a model built with `use_decoder=True`.
+    to a model built with `use_decoder=True`. Initialised as the release did, on `device`
+    (default: the CPU).
     """
 
-    def __init__(self, config: BortConfig, use_decoder: bool = True):
+    def __init__(self, config: BortConfig, use_decoder: bool = True, device=None):
         super().__init__()
         self.config = config
         u = config.units
@@ -255,6 +256,8 @@ class BortModel(nn.Module):
                                          nn.Linear(u, config.vocab_size))
             self.decoder[3].weight = self.word_embed[0].weight
         initialize_like_release(self)
+        if device is not None:
+            self.to(device)
 
     def forward(self, inputs, valid_length=None, masked_positions=None, token_types=None):
         embedding = self.word_embed(inputs)
@@ -271,7 +274,8 @@ class BortModel(nn.Module):
 
 class BortClassifier(nn.Module):
     """The release's sentence classifier: first token -> Dropout -> Dense(units, tanh) ->
-    Dropout -> Dense(num_classes); without dropout the head is `classifier.{0,1}`."""
+    Dropout -> Dense(num_classes); without dropout the head is `classifier.{0,1}`. The head is
+    initialised as the release did, on `bort`'s device."""
 
     def __init__(self, bort: BortModel, num_classes: int = 2, dropout: float = 0.0):
         super().__init__()
@@ -283,15 +287,17 @@ class BortClassifier(nn.Module):
         layers.append(nn.Linear(u, num_classes))
         self.classifier = nn.Sequential(*layers)
         initialize_like_release(self.classifier)
+        self.classifier.to(device_of(bort))
 
     def forward(self, inputs, valid_length=None):
         return self.classifier(self.bort(inputs, valid_length)[:, 0])
 
 
 @torch.no_grad()
-def initialize_like_release(module: nn.Module, sigma: float = 0.02) -> None:
-    """Normal(0, sigma) weights and embeddings, zero biases, unit LayerNorm gains."""
-    for sub in module.modules():
+def initialize_like_release(model: nn.Module, sigma: float = 0.02) -> None:
+    """Normal(0, sigma) weights and embeddings, zero biases, unit LayerNorm gains (done at
+    construction; call again to redraw)."""
+    for sub in model.modules():
         if isinstance(sub, nn.LayerNorm):
             sub.weight.fill_(1.0)
             sub.bias.zero_()
@@ -303,74 +309,63 @@ def initialize_like_release(module: nn.Module, sigma: float = 0.02) -> None:
             sub.position_weight.normal_(0.0, sigma)
 
 
-def canonical_tensors(module: nn.Module, keep_vars: bool = False):
-    """Canonical name -> tensor of the module's state; the tied decoder weight is listed
-    once (as the word embedding)."""
-    return {canonical_name(name): tensor
-            for name, tensor in module.state_dict(keep_vars=keep_vars).items()
-            if not name.endswith(TIED_DECODER)}
+def named_parameters(model: nn.Module) -> Dict[str, nn.Parameter]:
+    """Canonical name -> Parameter; the tied decoder weight is listed once (as the word
+    embedding)."""
+    return {canonical_name(name): p for name, p in model.named_parameters()}
 
 
-def get_params(module: nn.Module) -> Dict[str, np.ndarray]:
+def device_of(model: nn.Module) -> torch.device:
+    """The device the model's parameters live on."""
+    return next(model.parameters()).device
+
+
+def get_params(model: nn.Module) -> Dict[str, np.ndarray]:
     """Canonical name -> numpy array (a copy)."""
-    return {name: t.detach().cpu().numpy().copy() for name, t in canonical_tensors(module).items()}
+    return {name: p.detach().cpu().numpy().copy() for name, p in named_parameters(model).items()}
 
 
 @torch.no_grad()
-def set_params(module: nn.Module, params, source: str = "<params>") -> None:
-    """Copy a canonical dict into the module; names and shapes must match exactly."""
-    targets = canonical_tensors(module, keep_vars=True)
-    missing = sorted(set(targets) - set(params))
-    unexpected = sorted(set(params) - set(targets))
-    if missing or unexpected:
-        raise ValueError("%s: parameters do not match the model: missing %s; unexpected %s"
-                         % (source, missing[:8] or "none", unexpected[:8] or "none"))
-    for name, tensor in targets.items():
-        value = torch.from_numpy(np.ascontiguousarray(params[name]))
-        if tuple(value.shape) != tuple(tensor.shape):
-            raise ValueError("%s: parameter %s has shape %s, the model expects %s"
-                             % (source, name, tuple(value.shape), tuple(tensor.shape)))
-        tensor.copy_(value.to(tensor.dtype))
+def set_params(model: nn.Module, params, source: str = "<params>") -> None:
+    """Copy a canonical dict into the model; names and shapes must match exactly."""
+    named = named_parameters(model)
+    ckpt.check_params({name: p.shape for name, p in named.items()}, params, source)
+    for name, p in named.items():
+        p.copy_(torch.from_numpy(np.ascontiguousarray(params[name])).to(p.dtype))
 
 
 def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
                    use_decoder: bool = True, dropout: float = None, device=None,
                    seed: int = None) -> BortModel:
-    """The twin of bort_gluon.model.get_bort_model (same arguments, `device` for `ctx`)."""
-    params = None
-    if checkpoint is not None:
-        config, params = ckpt.load_model_params(checkpoint, name, with_decoder=use_decoder)
-    else:
-        config = get_config(name)
-    if dropout is not None:
-        config = config.replace(dropout=dropout, embed_dropout=dropout)
+    """The twin of bort_gluon.model.get_bort_model (a torch device for `device`)."""
+    config, params = ckpt.resolve_model(name, checkpoint, use_decoder, dropout)
     if seed is not None:
         torch.manual_seed(seed)
-    model = BortModel(config, use_decoder=use_decoder)
+    model = BortModel(config, use_decoder=use_decoder, device=device)
     if params is not None:
         set_params(model, params, checkpoint)
-    return model.to(device) if device is not None else model
+    return model
 
 
-def set_fast_attention(module: nn.Module, enabled: bool = True) -> nn.Module:
+def set_fast_paths(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch every fast path on (the default) or off: the fused attention (one QKV GEMM + SDPA,
     else three projections and an explicit softmax) and the unpadded encoder (else every
     position, padding included, is computed). Parameters are untouched."""
-    for sub in module.modules():
+    for sub in model.modules():
         if isinstance(sub, MultiHeadSelfAttention):
             sub.fused = enabled
-    return set_unpadded(module, enabled)
+    return set_unpadded(model, enabled)
 
 
-def set_unpadded(module: nn.Module, enabled: bool = True) -> nn.Module:
+def set_unpadded(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Switch the encoders between running position-wise ops on the real tokens only (the
     default) and on the whole padded (B, L) batch; the attention path is left as it is."""
-    for sub in module.modules():
+    for sub in model.modules():
         if isinstance(sub, BortEncoder):
             sub.unpadded = enabled
-    return module
+    return model
 
 
-def save_checkpoint(module: nn.Module, path: str, tied_twice: bool = True) -> None:
+def save_checkpoint(model: nn.Module, path: str, tied_twice: bool = True) -> None:
     """Write a `.params` file (MXNet format, no MXNet needed) atomically."""
-    ckpt.save_params(path, get_params(module), store_tied_decoder=tied_twice)
+    ckpt.save_params(path, get_params(model), store_tied_decoder=tied_twice)

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 
 from bort_core import losses, optim
 from bort_core import pretrain as core
-from bort_core.convert import canonical_name
-from bort_torch.model import BortModel, set_params
+from bort_torch.model import BortModel, device_of, named_parameters, set_params
 
 
 class BERTAdam(torch.optim.Optimizer):
@@ -46,6 +45,26 @@ class BERTAdam(torch.optim.Optimizer):
                 update = v.sqrt().add_(group["eps"])         # one temporary per tensor
                 torch.div(m, update, out=update).add_(p, alpha=group["weight_decay"])
                 p.sub_(update, alpha=group["lr"])
+
+
+def global_norm(grads) -> float:
+    """The global L2 norm of `grads`: each tensor's norm in float32, combined in float64."""
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).double()
+    return float(torch.sqrt((norms ** 2).sum()))
+
+
+@torch.no_grad()
+def clip_gradients(grads, clip_norm: float, scale: float = 1.0) -> float:
+    """Unscale `grads` (summed at loss scale `scale`) and clip them to a global norm of
+    `clip_norm` (GluonNLP's clip_grad_global_norm), in place; returns the unscaled norm, which
+    leaves the gradients untouched when it is not finite (the step is to be skipped)."""
+    norm = global_norm(grads) / scale
+    if np.isfinite(norm):
+        factor = optim.clip_factor(norm, clip_norm) / scale
+        if factor != 1.0:
+            for g in grads:
+                g.mul_(factor)
+    return norm
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -81,17 +100,16 @@ class Engine(core.Engine):
     def __init__(self, options: core.PretrainOptions, model: BortModel,
                  teacher: Optional[BortModel] = None, rank: int = 0, world: int = 1):
         self.opt_, self.rank, self.world = options, rank, world
-        self.device = next(model.parameters()).device
+        self.device = device_of(model)
         self.model = model.train()
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        # canonical name -> parameter; named_parameters lists the tied decoder weight once
-        self.named = {canonical_name(n): p for n, p in self.model.named_parameters()}
-        groups = [{"params": [p for n, p in self.named.items() if core.decays(n)]},
-                  {"params": [p for n, p in self.named.items() if not core.decays(n)],
+        self.named = named_parameters(self.model)
+        groups = [{"params": [p for n, p in self.named.items() if optim.decays(n)]},
+                  {"params": [p for n, p in self.named.items() if not optim.decays(n)],
                    "weight_decay": 0.0}]
         self.optimizer = BERTAdam(groups, lr=options.lr, betas=(options.beta1, options.beta2),
                                   eps=options.eps, weight_decay=options.weight_decay)
@@ -125,7 +143,7 @@ class Engine(core.Engine):
                                                      b["masked_positions"].long())
         terms = distillation_terms(logits, teacher_logits, b["masked_ids"], b["masked_weights"],
                                    normalizer, o.temperature, o.kd_loss)
-        terms["loss"] = core.total_loss(terms, o)
+        terms["loss"] = losses.total_loss(terms, o)
         return terms
 
     def _stats(self, terms, b):
@@ -159,14 +177,9 @@ class Engine(core.Engine):
             torch.distributed.all_reduce(flat)
             for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
                 g.copy_(synced)
-        norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]).double()
-        norm = float(torch.sqrt((norms ** 2).sum())) / scale
+        norm = clip_gradients(grads, self.opt_.clip_norm, scale)
         finite = bool(np.isfinite(norm))
         if finite:
-            factor = core.clip_factor(norm, self.opt_.clip_norm) / scale
-            if factor != 1.0:
-                for g in grads:
-                    g.mul_(factor)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.step()
@@ -224,7 +237,7 @@ def init_distributed():
 
 def build_model(config, params, device=None, source: str = "<params>") -> BortModel:
     """A BortModel holding canonical `params`, on `device`."""
-    model = BortModel(config).to(device or "cpu")
+    model = BortModel(config, device=device)
     set_params(model, params, source)
     return model
 

@@ -257,7 +257,7 @@ def reference_model(backend, args, task, checkpoint, out, tokenizer):
     return info
 
 
-def run_agora(backend, fw, args, task, checkpoint, grid, reference, reference_config, seed, out,
+def run_agora(backend, args, task, checkpoint, grid, reference, reference_config, seed, out,
               tokenizer):
     os.makedirs(out, exist_ok=True)
     grid_path = os.path.join(out, "grid.json")
@@ -273,7 +273,7 @@ def run_agora(backend, fw, args, task, checkpoint, grid, reference, reference_co
     if "mlm" in args.generator:
         config = ft.resolve_config(args.config, checkpoint, 0.0)
         mlm_model = backend.load(config, checkpoint)
-        mlm_logits = lambda batches: fw.predict_mlm(mlm_model, batches)  # noqa: E731
+        mlm_logits = lambda batches: backend.predict_mlm(mlm_model, batches)  # noqa: E731
     result = agora.run_agora(backend, base, options, mlm_logits, tokenizer, progress=False)
     with open(os.path.join(base.output_dir, "agora_log.json")) as f:
         log = json.load(f)
@@ -320,14 +320,12 @@ def table(task, rows):
 def main(argv=None):
     args = parse_args(argv)
     from bort_core.backend import get_backend
-    from bort_core.backend import load_framework
     from bort_core.tokenizer import load_tokenizer
 
     start = time.time()
     os.makedirs(args.out, exist_ok=True)
     checkpoint = pretrained(args)
     backend = get_backend(args.framework)
-    fw = load_framework(args.framework, "finetune")
     tokenizer = load_tokenizer(None)
     heldout = heldout_sets(args, tokenizer)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -360,7 +358,7 @@ def main(argv=None):
                 reference, reference_config = plain["best"]["model"], None
             else:
                 reference, reference_config = ref["model"], ref["key"]["config"]
-            result = run_agora(backend, fw, args, task, checkpoint, grid, reference,
+            result = run_agora(backend, args, task, checkpoint, grid, reference,
                                reference_config, seed, os.path.join(out, "agora"), tokenizer)
             first = result["per_round"][0]
             row = {"seed": seed, "settings": settings, "grid": grid, "plain": plain["best"]["score"],

@@ -9,7 +9,7 @@ import dataclasses
 
 from bort_core import agora, finetune
 from bort_core.agora import GENERATORS, PRUNE_RULES, AgoraOptions
-from bort_core.backend import get_backend, load_framework
+from bort_core.backend import get_backend
 from bort_core.commands.convention import (
     add_adam_epsilon,
     add_output_dir,
@@ -181,8 +181,7 @@ def run_agora(args):
     if uses_mlm:
         config = resolve_config(base.config, base.checkpoint, 0.0)
         mlm_model = backend.load(config, base.checkpoint)
-        fw = load_framework(args.framework, "finetune")
-        mlm_logits = lambda batches: fw.predict_mlm(mlm_model, batches)  # noqa: E731
+        mlm_logits = lambda batches: backend.predict_mlm(mlm_model, batches)  # noqa: E731
     result = agora.run_agora(backend, base, options, mlm_logits, progress=not args.quiet)
     print("agora: %d rounds, %d fine-tuning runs, %.1fs; best dev %.4f (round %s, set %s)"
           % (result["rounds"], result["runs"], result["seconds"], result["best"]["score"],

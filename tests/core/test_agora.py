@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from test_finetune import TINY, FakeBackend
+from conftest import TINY, FakeBackend
 
 from bort_core import agora
 from bort_core import checkpoint as ckpt
@@ -469,10 +469,10 @@ class RecordingBackend(FakeBackend):
     def __init__(self):
         self.runs = []
 
-    def train_classifier(self, model, batches, steps, hparams):
+    def fit(self, trainer, batches, steps):
         self.runs.append([(tuple(ids[:n].tolist()), int(y)) for b in batches for ids, n, y in
                           zip(b["input_ids"], b["valid_length"], b["labels"])])
-        return super().train_classifier(model, batches, steps, hparams)
+        return super().fit(trainer, batches, steps)
 
 
 def _near(seq, src):
@@ -568,7 +568,7 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, references):
 
 @pytest.fixture
 def fake_backend(monkeypatch):
-    monkeypatch.setattr("bort_core.backend.get_backend", lambda name: FakeBackend())
+    monkeypatch.setattr("bort_core.commands.finetune.get_backend", lambda name: FakeBackend())
 
 
 def test_cli_agora(tmp_path, references, fake_backend, capsys):

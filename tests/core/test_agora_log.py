@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from test_finetune import FakeBackend
+from conftest import FakeBackend
 
 from bort_core import agora
 from bort_core import finetune as ft

@@ -7,79 +7,18 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, TINY, FakeBackend, ScriptedBackend, fake_options
 
 from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
-from bort_core.cli import build_parser, main
 from bort_core import optim
+from bort_core.cli import build_parser, main
 from bort_core.data import tasks as tk
 from bort_core.data.leaderboard import submission_path
 from bort_core.metrics import f1
 from bort_core.tokenizer import load_tokenizer
 
-FIXTURES = os.path.join(os.path.dirname(__file__), os.pardir, "fixtures", "tasks")
-TINY = get_config("bort_tiny")
 pytestmark = pytest.mark.filterwarnings("ignore:no --checkpoint")
-
-
-def _bag(batch, vocab):
-    x = np.zeros((len(batch["valid_length"]), vocab))
-    for i, (ids, n) in enumerate(zip(batch["input_ids"], batch["valid_length"])):
-        np.add.at(x[i], ids[:n], 1.0 / n)
-    return x
-
-
-class FakeBackend:
-    """A bag-of-token-ids linear model in numpy behind the Backend protocol: it really learns,
-    saves and loads classifier-shaped .params files, and follows the fine-tuning schedule."""
-    name = "fake"
-
-    def load(self, config, path, num_classes=None):
-        params = ckpt.load_params(path)
-        w = params.get("classifier.0.weight")
-        shape = (num_classes, config.vocab_size)
-        w = np.array(w, np.float64) if w is not None and w.shape == shape else np.zeros(shape)
-        return {"W": w, "step": 0, "vocab": config.vocab_size}
-
-    def save(self, model, path):
-        c, v = model["W"].shape
-        ckpt.save_params(path, {"bort.word_embed.0.weight": np.zeros((v, 1), np.float32),
-                                "classifier.0.weight": model["W"].astype(np.float32),
-                                "classifier.1.weight": np.zeros((c, 1), np.float32)})
-
-    def train_classifier(self, model, batches, steps, hparams):
-        rows = []
-        for batch in ft.take_steps(batches, steps):
-            lr = ft.learning_rate(model["step"], hparams)
-            x, y = _bag(batch, model["vocab"]), batch["labels"]
-            logits = x @ model["W"].T
-            if model["W"].shape[0] == 1:
-                err = logits[:, 0] - y
-                loss, grad = 0.5 * float((err ** 2).mean()), err[:, None]
-            else:
-                p = np.exp(logits - logits.max(1, keepdims=True))
-                p /= p.sum(1, keepdims=True)
-                loss = float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
-                grad = p.copy()
-                grad[np.arange(len(y)), y] -= 1
-            step = grad.T @ x / len(y)
-            model["W"] -= lr * step
-            model["step"] += 1
-            rows.append(ft.step_row(model["step"], loss, lr, float(np.linalg.norm(step)),
-                                    hparams))
-        return rows
-
-    def predict(self, model, batches):
-        return np.concatenate([_bag(b, model["vocab"]) @ model["W"].T for b in batches])
-
-
-def _options(tmp_path, **kw):
-    kw.setdefault("config", "bort_tiny")
-    kw.setdefault("max_len", 32)
-    kw.setdefault("lr", 5.0)
-    kw.setdefault("weight_decay", 0.0)
-    kw.setdefault("output_dir", str(tmp_path / "out"))
-    return ft.FinetuneOptions(**kw)
 
 
 # ------------------------------------------------------------------------------- schedule
@@ -90,7 +29,7 @@ def test_learning_rate_warms_up_from_zero_then_decays_to_the_floor():
     assert lrs[0] == 0.0                       # the release's first update has lr 0
     assert lrs[1:5] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[7] == pytest.approx(0.5)
-    assert lrs[10] == lrs[11] == ft.LR_FLOOR   # floored, never 0 or negative
+    assert lrs[10] == lrs[11] == optim.LR_FLOOR   # floored, never 0 or negative
 
 
 def test_schedule_horizon_is_all_epochs_and_training_steps_stop(tmp_path):
@@ -99,7 +38,7 @@ def test_schedule_horizon_is_all_epochs_and_training_steps_stop(tmp_path):
     assert ft.FinetuneOptions(epochs=3, batch_size=1).schedule_steps(10) == 30
     assert ft.FinetuneOptions(epochs=3, batch_size=1, ramp_up_epochs=1).schedule_steps(10) == 10
     assert ft.FinetuneOptions(epochs=3, batch_size=1, training_steps=7).schedule_steps(10) == 7
-    result = ft.run_finetune(FakeBackend(), _options(
+    result = ft.run_finetune(FakeBackend(), fake_options(
         tmp_path, task="sst-2", data_dir=FIXTURES, epochs=5, batch_size=2, training_steps=3),
         progress=False)
     assert [h["steps"] for h in result["history"]][-1] == 3
@@ -209,34 +148,8 @@ def test_best_epoch_uses_every_dev_segment():
     assert ft.selection_score(task, [{"accuracy": 0.9}, {"accuracy": 0.5}]) == pytest.approx(0.7)
 
 
-class _Scripted(FakeBackend):
-    """Dev accuracy 1 after epoch 1, 0 afterwards; the model remembers its epoch."""
-
-    def load(self, config, path, num_classes=None):
-        model = super().load(config, path, num_classes)
-        model["epoch"] = int(ckpt.load_params(path).get("classifier.1.weight", [[0]])[0][0])
-        return model
-
-    def save(self, model, path):
-        ckpt.save_params(path, {"bort.word_embed.0.weight": np.zeros((4096, 1), np.float32),
-                                "classifier.0.weight": model["W"].astype(np.float32),
-                                "classifier.1.weight": np.full((2, 1), model.get("epoch", 0),
-                                                               np.float32)})
-
-    def train_classifier(self, model, batches, steps, hparams):
-        model["epoch"] = model.get("epoch", 0) + 1
-        return super().train_classifier(model, batches, steps, hparams)
-
-    def predict(self, model, batches):
-        n = sum(len(b["valid_length"]) for b in batches)
-        gold = np.concatenate([b["labels"] for b in batches]) if "labels" in batches[0] \
-            else np.zeros(n, int)
-        good = gold if model.get("epoch") == 1 else 1 - gold
-        return np.stack([1 - good, good], 1).astype(np.float32)
-
-
 def test_early_stopping_and_best_epoch_reload(tmp_path):
-    result = ft.run_finetune(_Scripted(), _options(tmp_path, task="sst-2", data_dir=FIXTURES,
+    result = ft.run_finetune(ScriptedBackend(), fake_options(tmp_path, task="sst-2", data_dir=FIXTURES,
                                                    epochs=6, early_stop=2), progress=False)
     assert [h["score"] for h in result["history"]] == [1.0, 0.0, 0.0]   # stopped after 2 bad
     assert result["dev"]["dev"]["accuracy"] == 1.0                      # epoch 1 reloaded
@@ -249,7 +162,7 @@ def test_early_stopping_and_best_epoch_reload(tmp_path):
 def test_run_finetune_learns_and_writes_outputs(tmp_path):
     # typos make rare BPE pieces, which token counts see (word order, demo-single's cue, they
     # do not): 0.6525 dev accuracy after 4 epochs
-    opts = _options(tmp_path, task="demo-pair", epochs=4, batch_size=32, lr=50.0,
+    opts = fake_options(tmp_path, task="demo-pair", epochs=4, batch_size=32, lr=50.0,
                     warmup_ratio=0.1)
     with pytest.warns(UserWarning, match="RANDOMLY"):
         result = ft.run_finetune(FakeBackend(), opts, progress=False)
@@ -264,22 +177,22 @@ def test_run_finetune_learns_and_writes_outputs(tmp_path):
 
 
 def test_only_inference_reuses_a_finetuned_model(tmp_path):
-    first = ft.run_finetune(FakeBackend(), _options(tmp_path, task="demo-regression", epochs=1,
+    first = ft.run_finetune(FakeBackend(), fake_options(tmp_path, task="demo-regression", epochs=1,
                                                     batch_size=32, lr=2.0), progress=False)
-    again = ft.run_finetune(FakeBackend(), _options(
+    again = ft.run_finetune(FakeBackend(), fake_options(
         tmp_path, task="demo-regression", model_parameters=first["model"], only_inference=True,
         output_dir=str(tmp_path / "inference")), progress=False)
     assert again["history"] == []
     assert again["dev"]["dev"] == pytest.approx(first["dev"]["dev"])
     with pytest.raises(ValueError, match="--model-parameters"):
-        ft.run_finetune(FakeBackend(), _options(tmp_path, task="demo-single", only_inference=True,
+        ft.run_finetune(FakeBackend(), fake_options(tmp_path, task="demo-single", only_inference=True,
                                                 output_dir=str(tmp_path / "x")), progress=False)
     assert not os.path.exists(tmp_path / "x")        # refused before anything is written
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
 def test_a_diverging_run_stops_and_writes_no_result(tmp_path):
-    opts = _options(tmp_path, task="demo-regression", lr=1e300, batch_size=32)
+    opts = fake_options(tmp_path, task="demo-regression", lr=1e300, batch_size=32)
     with pytest.raises(ft.NonFiniteError, match="fine-tuning step [0-9]+: the loss is"):
         ft.run_finetune(FakeBackend(), opts, progress=False)
     assert os.listdir(opts.output_dir) == []     # no epoch model, best model, test file, result
@@ -292,7 +205,7 @@ def test_a_non_finite_score_in_the_data_stops_before_any_output(tmp_path):
     lines = (data / "dev.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
     lines[5] = "\t".join(lines[5].split("\t")[:-1] + ["inf\n"])
     (data / "dev.tsv").write_text("".join(lines), encoding="utf-8")
-    opts = _options(tmp_path, task="demo-regression", data_dir=str(tmp_path / "data"))
+    opts = fake_options(tmp_path, task="demo-regression", data_dir=str(tmp_path / "data"))
     with pytest.raises(ValueError, match=r"dev.tsv:6: score 'inf' is not a finite number"):
         ft.run_finetune(FakeBackend(), opts, progress=False)
     assert not os.path.exists(opts.output_dir)
@@ -301,7 +214,7 @@ def test_a_non_finite_score_in_the_data_stops_before_any_output(tmp_path):
 def test_diagnostics_train_on_their_task(tmp_path):
     """D5: the release raised on AX-b/AX-g training and crashed computing gender parity."""
     for name, metrics in (("ax-g", {"accuracy", "gender_parity"}), ("ax-b", {"mcc"})):
-        result = ft.run_finetune(FakeBackend(), _options(
+        result = ft.run_finetune(FakeBackend(), fake_options(
             tmp_path, task=name, data_dir=FIXTURES, training_steps=2, batch_size=2,
             output_dir=str(tmp_path / name)), progress=False)
         assert set(result["dev"]) == {"dev"} and result["history"]       # superglue-rte's dev
@@ -350,22 +263,22 @@ def test_record_dev_keeps_every_candidate_and_scores_per_query():
 
 def test_bad_input_messages(tmp_path, capsys):
     with pytest.raises(KeyError, match="unknown task"):
-        ft.run_finetune(FakeBackend(), _options(tmp_path, task="nope"), progress=False)
+        ft.run_finetune(FakeBackend(), fake_options(tmp_path, task="nope"), progress=False)
     with pytest.raises(FileNotFoundError, match="train.tsv"):
-        ft.run_finetune(FakeBackend(), _options(tmp_path, task="sst-2",
+        ft.run_finetune(FakeBackend(), fake_options(tmp_path, task="sst-2",
                                                 data_dir=str(tmp_path)), progress=False)
     bad = tmp_path / "SST-2"
     bad.mkdir()
     for split in ("train", "dev", "test"):
         (bad / (split + ".tsv")).write_text("sentence\tlabel\nfine\t7\n")
     with pytest.raises(ValueError, match="label '7'"):
-        ft.run_finetune(FakeBackend(), _options(tmp_path, task="sst-2", data_dir=str(tmp_path)),
+        ft.run_finetune(FakeBackend(), fake_options(tmp_path, task="sst-2", data_dir=str(tmp_path)),
                         progress=False)
     big = tmp_path / "big.params"
     from bort_core.arch import initial_params
     ckpt.save_params(str(big), initial_params(TINY.replace(vocab_size=5000)))
     with pytest.raises(ValueError, match="vocabulary"):
-        ft.run_finetune(FakeBackend(), _options(tmp_path, task="demo-single",
+        ft.run_finetune(FakeBackend(), fake_options(tmp_path, task="demo-single",
                                                 checkpoint=str(big)), progress=False)
     assert not os.path.exists(tmp_path / "out")    # nothing written
     assert main(["finetune", "--framework", "torch", "--task", "nope"]) == 2

@@ -3,7 +3,7 @@ options winning, the head initialisation's scale, head-only dropout, the floored
 equal-width buckets and patience kept on ties."""
 import numpy as np
 import pytest
-from test_finetune import FIXTURES, TINY, _options, _Scripted
+from conftest import FIXTURES, TINY, ScriptedBackend, fake_options
 
 from bort_core import finetune as ft
 from bort_core.cli import build_parser
@@ -122,7 +122,7 @@ def test_patience_on_ties():
     assert run(scores, True) == (6, 2)
 
 
-class _Plateau(_Scripted):
+class _Plateau(ScriptedBackend):
     """Dev accuracy 1 for epochs 1-3, then 0."""
 
     def predict(self, model, batches):
@@ -136,7 +136,7 @@ class _Plateau(_Scripted):
 
 @pytest.mark.parametrize("ties, epochs", [(False, 3), (True, 5)])
 def test_early_stop_ties_in_the_loop(tmp_path, ties, epochs):
-    result = ft.run_finetune(_Plateau(), _options(
+    result = ft.run_finetune(_Plateau(), fake_options(
         tmp_path, task="sst-2", data_dir=FIXTURES, epochs=8, early_stop=2,
         tie_resets_patience=ties), progress=False)
     assert [h["score"] for h in result["history"]] == [1.0, 1.0, 1.0, 0.0, 0.0][:epochs]

@@ -18,7 +18,6 @@ def test_p_equals_the_built_models_parameter_count(include_embeddings):
     assert len(plan.members) == 16
     for row in plan.members:
         model = gm.BortModel(plan.config(row), use_decoder=False)
-        gm.initialize_like_release(model)
         named = gm.named_parameters(model)
         counted = sum(int(np.prod(p.shape)) for name, p in named.items()
                       if include_embeddings or not name.startswith(EMBEDDINGS))

@@ -25,7 +25,6 @@ def _setup(use_decoder=False):
     params = {k: v for k, v in random_params(config, 0).items()
               if use_decoder or not k.startswith("decoder.")}
     model = gm.BortModel(config, use_decoder=use_decoder)
-    gm.initialize_like_release(model)
     gm.set_params(model, params)
     inputs = make_inputs(3, 16, config.vocab_size, 4, 0)
     return config, params, model, mx.nd.array(inputs["input_ids"]), mx.nd.array(inputs["valid_length"])
@@ -100,7 +99,6 @@ def _forward_backward(block, args, train=False):
 def test_unpadded_encoder_matches_the_padded_path_forward_and_backward(token_types, hybridize):
     config = get_config("bort_tiny").without_dropout().replace(token_type_vocab_size=token_types)
     model = gm.BortModel(config)
-    gm.initialize_like_release(model)
     gm.set_params(model, random_params(config, 0))
     inputs = make_inputs(3, 16, config.vocab_size, 4, 0)
     args = [mx.nd.array(inputs[k]) for k in io.INPUT_KEYS]
@@ -135,7 +133,6 @@ def test_unpadded_classifier_hybridized_and_in_training_mode():
     config = get_config("bort_tiny")
     params = random_params(config, 0, num_classes=2)
     clf = gm.BortClassifier(gm.BortModel(config, use_decoder=False), 2, dropout=0.0)
-    gm.initialize_like_release(clf)
     gm.set_params(clf, {k: v for k, v in params.items() if not k.startswith("bort.decoder.")})
     inputs = make_inputs(4, 12, config.vocab_size, 2, 1)
     args = [mx.nd.array(inputs[k]) for k in ("input_ids", "valid_length")]

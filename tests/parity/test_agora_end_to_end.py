@@ -1,7 +1,6 @@
 """`bort agora` end to end on each framework's real Backend with point generation: three rounds
 over a 3-set grid, the mlm (the real MLM head), dropout and swap generators, every added point
 labelled with the reference model's prediction, pruning, and the outputs."""
-import importlib
 import json
 import os
 import re
@@ -16,8 +15,9 @@ pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:the referen
 
 from bort_core import agora  # noqa: E402
 from bort_core import backend as bk  # noqa: E402
-from bort_core.arch import initial_params  # noqa: E402
+from bort_core.commands import finetune as commands  # noqa: E402
 from bort_core import checkpoint as ckpt  # noqa: E402
+from bort_core.arch import initial_params  # noqa: E402
 from bort_core.cli import main  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data.demo import TASKS_DIR  # noqa: E402
@@ -38,7 +38,7 @@ class Recorder:
 
     def __init__(self, inner, reference):
         self.inner, self.reference, self.refs = inner, reference, []
-        self.runs, self.ref_labels = [], {}
+        self.runs, self.ref_labels, self.mlm_calls = [], {}, []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -49,9 +49,20 @@ class Recorder:
             self.refs.append(model)
         return model
 
-    def train_classifier(self, model, batches, steps, hparams):
-        self.runs.append(_rows(batches))
-        return self.inner.train_classifier(model, batches, steps, hparams)
+    def trainer(self, model, hparams):
+        trainer = self.inner.trainer(model, hparams)
+        train = trainer.train
+
+        def recorded(batches, steps):
+            self.runs.append(_rows(batches))
+            return train(batches, steps)
+
+        trainer.train = recorded
+        return trainer
+
+    def predict_mlm(self, model, batches):
+        self.mlm_calls.append(batches)
+        return self.inner.predict_mlm(model, batches)
 
     def predict(self, model, batches):
         logits = self.inner.predict(model, batches)
@@ -84,14 +95,10 @@ def check_agora_end_to_end(framework, root, monkeypatch):
     """Three rounds over a 3-set grid with the mlm (the real MLM head), dropout and swap
     generators: pruning, points near each dev mistake labelled with the reference model's
     prediction, what each run trained on, and the outputs."""
-    fw = importlib.import_module("bort_%s.finetune" % framework)
     root, args, ref = _setup(root, framework)
     real = bk.get_backend(framework)
     rec = Recorder(real, ref)
-    monkeypatch.setattr(bk, "get_backend", lambda name: rec)
-    mlm_calls = []
-    predict_mlm = fw.predict_mlm
-    monkeypatch.setattr(fw, "predict_mlm", lambda m, b: mlm_calls.append(b) or predict_mlm(m, b))
+    monkeypatch.setattr(commands, "get_backend", lambda name: rec)
     out = root / "out"
     assert main(["agora", "--framework", framework] + COMMON + args + ["--generator", "mlm,dropout,swap",
                                              "--points-per-mistake", "3",
@@ -113,9 +120,9 @@ def check_agora_end_to_end(framework, root, monkeypatch):
     added = np.cumsum([0] + [r["points_added"] for r in rounds])
     assert [r["train_size"] for r in rounds] == (N_TRAIN + added[1:]).tolist()
     # the real MLM head resampled a third of the points, at most --dev-batch-size (8) a call
-    sizes = [len(b[0]["valid_length"]) for b in mlm_calls]
+    sizes = [len(b[0]["valid_length"]) for b in rec.mlm_calls]
     assert sum(sizes) == rounds[0]["dev_mistakes"] + rounds[1]["dev_mistakes"]
-    assert max(sizes) <= 8 and all(len(b) == 1 for b in mlm_calls)
+    assert max(sizes) <= 8 and all(len(b) == 1 for b in rec.mlm_calls)
 
     # what each fine-tuning run trained on: the original train, then + the points, each
     # labelled with the reference model's prediction on that very sequence

@@ -26,7 +26,7 @@ def _run(backend, path, config, batches, hparams, dev):
 
 @pytest.mark.parametrize("fast_attention", [False, True])
 def test_thirty_steps_agree(tmp_path, fast_attention):
-    from bort_torch.model import set_fast_attention
+    from bort_torch.model import set_fast_paths
 
     task = get_task("demo-pair")
     config = get_config("bort_tiny").without_dropout()
@@ -41,7 +41,7 @@ def test_thirty_steps_agree(tmp_path, fast_attention):
     gluon_loss, gluon_logits = _run(GluonBackend(), path, config, batches, hparams, dev)
     torch_backend = TorchBackend()
     model = torch_backend.load(config, path, 2)
-    set_fast_attention(model, fast_attention)
+    set_fast_paths(model, fast_attention)
     rows = torch_backend.train_classifier(model, batches, STEPS, hparams)
     torch_loss = np.array([r["loss"] for r in rows])
     torch_logits = torch_backend.predict(model, dev)

@@ -35,7 +35,7 @@ def test_fused_attention_matches_the_plain_path_forward_and_backward():
     x, vl, pos = _batch(model.config)
     outs, grads = [], []
     for fused in (False, True):
-        tm.set_fast_attention(model, fused)
+        tm.set_fast_paths(model, fused)
         seq, logits = model(x, vl, pos)
         logits.square().mean().backward()
         outs.append((seq.detach(), logits.detach()))
@@ -59,7 +59,7 @@ def _forward_backward(model, x, vl, pos):
 @pytest.mark.parametrize("fused", [True, False])
 def test_unpadded_encoder_matches_the_padded_path_forward_and_backward(monkeypatch, fused):
     model = _model().train()   # dropout-free config: train mode, deterministic
-    tm.set_fast_attention(model, fused)
+    tm.set_fast_paths(model, fused)
     x, vl, pos = _batch(model.config, batch=4, seq=24)
     assert (vl < 24).any() and (vl == 24).any()
     packed_rows, pack = [], tm.Packing.pack
@@ -139,7 +139,7 @@ def test_fused_weights_follow_set_params_and_keep_the_canonical_names():
     tm.set_params(model, params)
     with torch.inference_mode():
         fused = model(x, vl)
-        tm.set_fast_attention(model, False)
+        tm.set_fast_paths(model, False)
         plain = model(x, vl)
     assert set(tm.get_params(model)) == names
     assert (fused - before).abs().max() > 1e-3   # the cache did not serve stale weights

@@ -21,7 +21,6 @@ def _batch(config, seed=0):
 def test_parameter_count_and_names_match_the_shape_table(name):
     config = get_config(name)
     model = gm.BortModel(config)
-    gm.initialize_like_release(model)
     named = gm.named_parameters(model)
     assert sum(int(np.prod(p.shape)) for p in named.values()) == arch.param_counts(config)["total"]
     assert {n: tuple(p.shape) for n, p in named.items()} == dict(arch.canonical_shapes(config))
@@ -38,7 +37,6 @@ def test_the_2020_behaviours_are_restored():
 def test_hybridized_equals_imperative_and_dropout_is_train_only():
     config = get_config("bort_tiny")
     model = gm.BortModel(config)
-    gm.initialize_like_release(model)
     gm.set_params(model, random_params(config, seed=2))
     ids, valid, positions = _batch(config)
     seq, logits = model(ids, valid, positions)
@@ -57,7 +55,6 @@ def test_hybridized_equals_imperative_and_dropout_is_train_only():
 def test_classifier_head_uses_the_release_names(dropout):
     config = get_config("bort_tiny")
     clf = gm.BortClassifier(gm.BortModel(config, use_decoder=False), 3, dropout)
-    gm.initialize_like_release(clf)
     head = {n for n in gm.named_parameters(clf) if n.startswith("classifier.")}
     assert head == set(arch.classifier_shapes(config, 3, dropout))
     ids, valid, _ = _batch(config)
@@ -67,7 +64,6 @@ def test_classifier_head_uses_the_release_names(dropout):
 def test_checkpoint_is_the_2020_format_and_round_trips(tmp_path):
     config = get_config("bort_tiny").replace(vocab_size=999)
     model = gm.BortModel(config)
-    gm.initialize_like_release(model)
     gm.set_params(model, random_params(config, seed=4))
     path = str(tmp_path / "m.params")
     gm.save_checkpoint(model, path)
@@ -93,7 +89,6 @@ def test_a_decoderless_file_cannot_fill_a_decoder(tmp_path):
 def test_token_types_default_to_zero():
     config = get_config("bert_12_768_12").replace(num_layers=1, vocab_size=100)
     model = gm.BortModel(config)
-    gm.initialize_like_release(model)
     ids = mx.nd.array([[5, 6, 7]])
     assert np.array_equal(model(ids).asnumpy(), model(ids, token_types=mx.nd.zeros((1, 3))).asnumpy())
 
@@ -101,7 +96,6 @@ def test_token_types_default_to_zero():
 def test_a_classifier_over_a_decoder_backbone_is_fully_initialised():
     config = get_config("bort_tiny")
     clf = gm.BortClassifier(gm.BortModel(config), 2, dropout=0.0)
-    gm.initialize_like_release(clf)
     params = gm.get_params(clf)      # raises if any parameter were still deferred
     expected = {"bort." + n for n in arch.canonical_shapes(config)} | \
         set(arch.classifier_shapes(config, 2, dropout=0.0))

@@ -23,7 +23,7 @@ def test_parameter_count_and_names_match_the_shape_table(name):
     with torch.device("meta"):
         model = tm.BortModel(config)
     assert sum(p.numel() for p in model.parameters()) == arch.param_counts(config)["total"]
-    shapes = {n: tuple(t.shape) for n, t in tm.canonical_tensors(model).items()}
+    shapes = {n: tuple(t.shape) for n, t in tm.named_parameters(model).items()}
     assert shapes == dict(arch.canonical_shapes(config))
 
 
