@@ -11,14 +11,15 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("mxnet")
-pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:the reference model")]
+pytestmark = [pytest.mark.parity, pytest.mark.slow, pytest.mark.e2e,
+              pytest.mark.filterwarnings("ignore:the reference model")]
 
 from bort_core import agora  # noqa: E402
 from bort_core import backend as bk  # noqa: E402
-from bort_core.commands import finetune as commands  # noqa: E402
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core.arch import initial_params  # noqa: E402
 from bort_core.cli import main  # noqa: E402
+from bort_core.commands import finetune as commands  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data.demo import TASKS_DIR  # noqa: E402
 

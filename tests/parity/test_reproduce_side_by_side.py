@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("mxnet")
-pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:the reference model scores")]
+pytestmark = [pytest.mark.parity, pytest.mark.slow, pytest.mark.e2e,
+              pytest.mark.filterwarnings("ignore:the reference model scores")]
 
 from bort_core.reproduce.pipeline import reproduce, run_framework  # noqa: E402
 from bort_core.reproduce.presets import PRESETS  # noqa: E402

@@ -7,7 +7,8 @@ import os
 import pytest
 
 pytest.importorskip("torch")
-pytestmark = [pytest.mark.torch, pytest.mark.filterwarnings("ignore:the reference model scores")]
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.e2e,
+              pytest.mark.filterwarnings("ignore:the reference model scores")]
 
 from bort_core.reproduce.pipeline import reproduce  # noqa: E402
 from bort_core.reproduce.presets import PRESETS  # noqa: E402
