@@ -274,7 +274,7 @@ def object_array(arrays) -> np.ndarray:
 def save_shard(path: str, instances: Dict[str, list], layout: str = "flat") -> str:
     """Write a shard held in memory (per-instance lists for the per-instance fields, arrays for
     `next_sentence_labels`/`valid_lengths`) in `layout`, atomically. `create-pretraining-data`
-    streams instead (`bort_core.data.pretraining.ShardWriter`); this serves small shards."""
+    streams instead (`bort_core.data.shard_writer.ShardWriter`); this serves small shards."""
     if layout not in LAYOUTS:
         raise ValueError("unknown shard layout %r; choose one of: %s" % (layout, ", ".join(LAYOUTS)))
     per_instance = TOKEN_FIELDS + MASKED_FIELDS

@@ -20,6 +20,7 @@ from bort_core import cli
 from bort_core.data import pretraining as pt
 from bort_core.data import shards as sh
 from bort_core.data.demo import CORPUS_PATH
+from bort_core.data.shard_writer import ShardWriter
 from bort_core.tokenizer import DEMO_DIR, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,7 +221,7 @@ def test_chunks_get_their_own_random_streams(corpus, tok, tmp_path):
 
 
 def test_equal_lengths_stay_one_dimensional_object_arrays_b4(tmp_path):
-    writer = pt.ShardWriter(str(tmp_path), 1, seed=0, layout="2020")
+    writer = ShardWriter(str(tmp_path), 1, seed=0, layout="2020")
     for k in range(3):
         writer.add({"input_ids": np.arange(6, dtype=np.int32) + k,
                     "segment_ids": np.array([0, 0, 0, 1, 1, 1], dtype=np.int32),
@@ -268,13 +269,13 @@ def _assert_same_arrays(got, expected):
 
 def test_streamed_shards_load_as_the_in_memory_writer_wrote_them(corpus, tok, tmp_path,
                                                                  monkeypatch):
-    added, add = [], pt.ShardWriter.add
+    added, add = [], ShardWriter.add
 
     def recording_add(writer, inst):
         added.append(inst)
         add(writer, inst)
 
-    monkeypatch.setattr(pt.ShardWriter, "add", recording_add)
+    monkeypatch.setattr(ShardWriter, "add", recording_add)
     stats, _ = _make(corpus, tok, tmp_path / "out", outputs=3, dupe_factor=2, seed=5,
                      layout="2020")
     assert len(added) == stats["instances"] > 500
@@ -306,7 +307,7 @@ def _peak_bytes_writing(directory, count, layout):
     """tracemalloc's peak while `count` instances go through a ShardWriter into one shard."""
     tracemalloc.start()
     try:
-        writer = pt.ShardWriter(directory, 1, seed=0, layout=layout)
+        writer = ShardWriter(directory, 1, seed=0, layout=layout)
         for inst in _synthetic(count):
             writer.add(inst)
         (path,) = writer.close()
@@ -440,7 +441,7 @@ def test_a_failed_run_leaves_no_shard(corpus, tok, tmp_path, monkeypatch):
         if len(calls) > 5:
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pt.ShardWriter, "add", failing)
+    monkeypatch.setattr(ShardWriter, "add", failing)
     with pytest.raises(OSError):
         _make(corpus, tok, tmp_path / "out")
     assert not (tmp_path / "out").exists()
