@@ -18,6 +18,7 @@ from bort_core.commands.convention import (
     add_overwrite,
     deprecated,
 )
+from bort_core.extraction_plan import make_plan, parse_search_space, write_candidates
 from bort_core.recipe import add_recipe_argument
 
 # what `--recipe release` sets in every hyper-parameter set: the release's pretraining values
@@ -122,10 +123,10 @@ def _theta(args):
 
 
 def run(args):
-    space = ose.parse_search_space(args.search_space)
+    space = parse_search_space(args.search_space)
     theta = _theta(args)
     start = time.time()
-    plan = ose.make_plan(space, args.epsilon, args.seq_len, args.include_embeddings, len(theta))
+    plan = make_plan(space, args.epsilon, args.seq_len, args.include_embeddings, len(theta))
     analytic = time.time() - start
     settings = ose.Settings(
         framework=args.framework or "", space=space.to_dict(), eps=args.epsilon, steps=args.steps,
@@ -144,7 +145,7 @@ def run(args):
     if resume and not args.dry_run:
         ose.check_resumable(args.output_dir, settings)     # before anything there changes
     if args.dry_run:
-        print("candidate table: %s" % ose.write_candidates(plan, args.output_dir))
+        print("candidate table: %s" % write_candidates(plan, args.output_dir))
         return 0
     if not args.framework:
         raise ValueError("--framework is required unless --dry-run")
@@ -172,7 +173,7 @@ def run(args):
         path = os.path.join(args.output_dir, name)
         if os.path.exists(path):
             os.remove(path)
-    ose.write_candidates(plan, args.output_dir)     # once the inputs are known to be good
+    write_candidates(plan, args.output_dir)     # once the inputs are known to be good
 
     backend = get_backend(args.framework)
     teacher = backend.load(teacher_config, args.teacher) if args.teacher else None

@@ -18,6 +18,7 @@ from bort_core.configs import get_config
 from bort_core.data import demo
 from bort_core.data.pretraining import read_documents
 from bort_core.data.tasks import featurize, get_task
+from bort_core.extraction_plan import make_plan, parse_search_space
 from bort_core.reproduce.runner import Run, bort, parity
 from bort_core.resume import complete_steps
 from bort_core.tokenizer import load_tokenizer
@@ -142,7 +143,7 @@ def extract(run: Run, fw: str, p: Dict, data: Dict, teacher: Dict, seed: int) ->
          teacher["config_name"], "--error", "kd", "--seed", seed, "--output-dir", out, "--quiet")
     with open(os.path.join(out, "ranking.json")) as f:
         ranking = json.load(f)["ranking"]
-    plan = ose.make_plan(ose.parse_search_space(p["search_space"]), p["epsilon"])
+    plan = make_plan(parse_search_space(p["search_space"]), p["epsilon"])
     return {"best_config": os.path.join(out, "best_config.json"), "ranking": ranking,
             "members_by_params": [row["name"] for row in plan.members],
             "pareto_png": os.path.join(out, "pareto.png")}

@@ -13,15 +13,24 @@ from bort_core.checkpoint import load_params, save_params
 from bort_core.cli import main
 from bort_core.configs import get_config
 from bort_core.data.shards import object_array
+from bort_core.extraction_plan import (
+    AXES,
+    BORT_SPACE,
+    flops,
+    make_plan,
+    param_count,
+    search_space_from_dict,
+    w_coefficient,
+)
 
-GRID = ose.search_space_from_dict(
+GRID = search_space_from_dict(
     {"D": [1, 2, 3, 4], "A": [2, 4], "H": [32, 64, 128], "I": [32, 64, 128],
      "base": {"vocab_size": 50, "max_length": 16}}, "test-grid")
 
 
 def known_error(config, lr):
     """Smooth in size, best at lr = 1e-3: the objective the FPTAS must approximate."""
-    p = ose.param_count(config)
+    p = param_count(config)
     return 1.0 + 40.0 / math.sqrt(p) + 0.2 * abs(math.log10(lr) + 3.0)
 
 
@@ -53,11 +62,11 @@ class FakeBackend:
         return {"mlm_loss": e, "mlm_acc": 1.0 - e / 10.0}
 
     def latency(self, model, batch_size, seq_len, repeats=10):
-        return 1e-9 * ose.flops(model["config"], seq_len)
+        return 1e-9 * flops(model["config"], seq_len)
 
 
 def shard(n=40, vocab=50, length=12, masks=3, seed=0):
-    """A shard dict (bort_core.pretrain.load_shard's layout) of random instances."""
+    """A shard dict (bort_core.data.shards.load_shard's layout) of random instances."""
     rng = np.random.RandomState(seed)
     lengths = rng.randint(4, length + 1, n).astype(np.int32)
     return {"input_ids": [rng.randint(0, vocab, k).astype(np.int32) for k in lengths],
@@ -74,7 +83,7 @@ def settings(eps, **kw):
 
 def run(tmp_path, eps, backend=None, resume=False, **kw):
     s = settings(eps, **kw)
-    plan = ose.make_plan(GRID, eps, seq_len=16, num_theta=len(s.theta))
+    plan = make_plan(GRID, eps, seq_len=16, num_theta=len(s.theta))
     backend = backend or FakeBackend()
     data = shard()
     result = ose.extract(backend, plan, s, ose.subset(data, range(32)), ose.subset(data, range(32, 40)),
@@ -85,7 +94,7 @@ def run(tmp_path, eps, backend=None, resume=False, **kw):
 def exhaustive():
     """W of every scorable member computed straight from the known error (no FPTAS code)."""
     members = GRID.members()
-    p = {c.name: ose.param_count(c) for c in members}
+    p = {c.name: param_count(c) for c in members}
     i = {c.name: arch.forward_flops(c, 16)["total"] for c in members}
     top = max(members, key=lambda c: (p[c.name], i[c.name]))
     out = {}
@@ -99,7 +108,7 @@ def exhaustive():
 @pytest.mark.parametrize("eps", [1, 2, 3, 5, 8, 2.5])
 def test_returned_w_is_within_the_approximation_bound_of_the_exhaustive_optimum(tmp_path, eps):
     truth = exhaustive()
-    order = [r["name"] for r in ose.make_plan(GRID, 1, seq_len=16).members if r["name"] in truth]
+    order = [r["name"] for r in make_plan(GRID, 1, seq_len=16).members if r["name"] in truth]
     w_star = max(truth.values())
     rho = max(max(truth[a] / truth[b], truth[b] / truth[a]) for a, b in zip(order, order[1:]))
     result, _, _ = run(tmp_path, eps)
@@ -127,7 +136,7 @@ def test_number_of_trainings_follows_the_eps_schedule(tmp_path, eps):
 
 def test_p_and_i_equal_the_arch_counts():
     for include in (False, True):
-        plan = ose.make_plan(GRID, 1, seq_len=16, include_embeddings=include)
+        plan = make_plan(GRID, 1, seq_len=16, include_embeddings=include)
         for row in plan.members:
             config = plan.config(row)
             shapes = arch.canonical_shapes(config, with_decoder=False)
@@ -139,7 +148,7 @@ def test_p_and_i_equal_the_arch_counts():
 
 
 def test_maximum_point_is_computed_and_the_ranking_is_sorted(tmp_path):
-    plan = ose.make_plan(ose.BORT_SPACE, 1)
+    plan = make_plan(BORT_SPACE, 1)
     t = plan.maximum
     assert (t["num_layers"], t["units"], t["hidden_size"]) == (12, 1024, 3072)
     assert plan.maximum["i"] == max(r["i"] for r in plan.members if r["p"] == plan.maximum["p"])
@@ -155,17 +164,17 @@ def test_maximum_point_is_computed_and_the_ranking_is_sorted(tmp_path):
 
 
 def test_w_coefficient_formula():
-    assert ose.w_coefficient(25, 50, 2.0, 100, 200) == pytest.approx(0.75 * 0.75 / 2.0)
-    assert ose.w_coefficient(100, 200, 1.0, 100, 200) == 0.0
+    assert w_coefficient(25, 50, 2.0, 100, 200) == pytest.approx(0.75 * 0.75 / 2.0)
+    assert w_coefficient(100, 200, 1.0, 100, 200) == 0.0
     with pytest.raises(ValueError, match="positive"):
-        ose.w_coefficient(1, 1, 0.0, 2, 2)
+        w_coefficient(1, 1, 0.0, 2, 2)
 
 
 def test_outputs_and_best_config_loads_as_a_registry_config(tmp_path):
     result, _, _ = run(tmp_path, 2, latency=True)
     paths = ose.write_results(result, settings(2, latency=True), str(tmp_path))
     config = get_config(paths["best_config.json"])
-    assert config.dahi == tuple(result.best[k] for k in ose.AXES) and config.vocab_size == 50
+    assert config.dahi == tuple(result.best[k] for k in AXES) and config.vocab_size == 50
     report = json.load(open(paths["ranking.json"]))
     assert report["best"] == result.best["name"] and len(report["ranking"]) == len(result.ranking)
     lines = open(paths["ranking.csv"]).read().splitlines()
@@ -208,18 +217,18 @@ def test_batches_follow_the_backend_protocol():
 ])
 def test_bad_search_spaces_are_rejected(spec, message):
     with pytest.raises(ValueError, match=message):
-        ose.search_space_from_dict(spec, "space.json")
+        search_space_from_dict(spec, "space.json")
 
 
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="--epsilon must be in"):
-        ose.make_plan(GRID, 0.5, seq_len=16)
+        make_plan(GRID, 0.5, seq_len=16)
     with pytest.raises(ValueError, match="--epsilon must be in"):
-        ose.make_plan(GRID, 10_000, seq_len=16)
+        make_plan(GRID, 10_000, seq_len=16)
     with pytest.raises(ValueError, match="--steps must be a positive"):
         ose.Settings("fake", {}, 1, 0, [dict(ose.DEFAULT_HPARAMS)]).validate()
     with pytest.raises(ValueError, match="every member has as many parameters"):
-        ose.make_plan(ose.search_space_from_dict({"D": [1], "A": [2, 4], "H": [8], "I": [8]}, "s"))
+        make_plan(search_space_from_dict({"D": [1], "A": [2, 4], "H": [8], "I": [8]}, "s"))
 
 
 def test_cli_dry_run_on_the_bort_grid(tmp_path, capsys):

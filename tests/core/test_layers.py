@@ -22,7 +22,7 @@ LAYERS = {
     3: ("bort_core.optim", "bort_core.losses"),
     4: ("bort_core.backend",),
     5: ("bort_core.pretrain", "bort_core.resume", "bort_core.finetune", "bort_core.agora",
-        "bort_core.extraction", "bort_core.reproduce"),
+        "bort_core.extraction_plan", "bort_core.extraction", "bort_core.reproduce"),
     6: ("bort_core.recipe", "bort_core.commands", "bort_core.cli"),
 }
 

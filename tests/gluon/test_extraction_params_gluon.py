@@ -6,7 +6,7 @@ mx = pytest.importorskip("mxnet")
 pytest.importorskip("gluonnlp")
 pytestmark = pytest.mark.gluon
 
-from bort_core import extraction as ose  # noqa: E402
+from bort_core.extraction_plan import TINY_SPACE, make_plan  # noqa: E402
 from bort_gluon import model as gm  # noqa: E402
 
 EMBEDDINGS = ("word_embed", "encoder.position_weight")
@@ -14,7 +14,7 @@ EMBEDDINGS = ("word_embed", "encoder.position_weight")
 
 @pytest.mark.parametrize("include_embeddings", [False, True])
 def test_p_equals_the_built_models_parameter_count(include_embeddings):
-    plan = ose.make_plan(ose.TINY_SPACE, 1, include_embeddings=include_embeddings)
+    plan = make_plan(TINY_SPACE, 1, include_embeddings=include_embeddings)
     assert len(plan.members) == 16
     for row in plan.members:
         model = gm.BortModel(plan.config(row), use_decoder=False)
