@@ -1,8 +1,8 @@
 """Shared test machinery: the installed frameworks as a `backend` fixture (twin tests are written
-once and run per framework; a framework that is not installed is skipped, not an error), and
-`missing_oracle`, the one rule for a missing legacy oracle (skip; under CI=true, fail); and the
-numpy fakes behind the Backend protocol that the framework-free tests share (import them with
-`from conftest import FakeBackend`)."""
+once and run per framework; a framework that is not installed is skipped, not an error);
+`missing_oracle`, the one rule for a missing legacy oracle (skip; under CI=true, fail), and the
+oracle's parts that go through it (`legacy_python`, `legacy_dump`); and the numpy fakes behind
+the Backend protocol that the framework-free tests share (`from conftest import FakeBackend`)."""
 import importlib.util
 import os
 
@@ -13,6 +13,9 @@ from bort_core import checkpoint as ckpt
 from bort_core import finetune as ft
 from bort_core import optim
 from bort_core.configs import get_config
+from parity import fidelity
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # the modules each framework package needs (what `pip install -e .[gluon|torch]` brings)
 FRAMEWORK_MODULES = {"gluon": ("mxnet", "gluonnlp"), "torch": ("torch",)}
@@ -49,6 +52,29 @@ def missing_oracle():
             pytest.fail("%s (CI=true: the legacy oracle is required)" % reason)
         pytest.skip(reason)
     return missing
+
+
+@pytest.fixture(scope="session")
+def legacy_python(missing_oracle):
+    """The legacy oracle's interpreter (Python 3.7, numpy 1.16.2, mxnet 1.5.0, gluonnlp 0.8.3),
+    found as `python -m parity fidelity` finds it."""
+    python = fidelity.find_legacy_python()
+    if not python or not os.path.exists(python):
+        missing_oracle("no legacy interpreter (%s): build it with `tox -e legacy` or set "
+                       "BORT_LEGACY_PYTHON" % (python or fidelity.LEGACY_DEFAULT))
+    return python
+
+
+@pytest.fixture(scope="session")
+def legacy_dump(missing_oracle):
+    """`legacy_dump(config)`: artifacts/legacy/<config>/, the oracle's checkpoint and taps."""
+    def folder(config: str) -> str:
+        path = os.path.join(REPO, "artifacts", "legacy", config)
+        if not os.path.isdir(path):
+            missing_oracle("no legacy oracle dump in %s: make it with `tox -e legacy` "
+                           "(scripts/run_legacy_oracle.sh on the 2020 stack)" % path)
+        return path
+    return folder
 
 
 # ------------------------------------------------------------------ fakes behind the Backend

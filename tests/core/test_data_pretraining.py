@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tracemalloc
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from bort_core.data.demo import CORPUS_PATH
 from bort_core.data.shard_writer import ShardWriter
 from bort_core.tokenizer import DEMO_DIR, load_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
 DTYPES = {"input_ids": np.int32, "segment_ids": np.int32, "masked_lm_positions": np.int32,
           "masked_lm_ids": np.int32, "masked_lm_weights": np.float32}
 
@@ -350,27 +348,12 @@ print(np.__version__)
 """
 
 
-def _legacy_python():
-    """An interpreter of the 2020 stack (numpy 1.16), looked for where
-    tests/gluon/test_checkpoint_mxnet.py looks."""
-    for exe in (os.environ.get("BORT_LEGACY_PYTHON"), str(REPO / ".tox/legacy/bin/python"),
-                "/tmp/venv37/bin/python"):
-        if exe and os.path.exists(exe) and subprocess.run(
-                [exe, "-c", "import numpy"], stderr=subprocess.DEVNULL, timeout=60).returncode == 0:
-            return exe
-    return None
-
-
 @pytest.mark.parametrize("layout", sh.LAYOUTS)
-def test_shards_load_the_same_in_the_legacy_numpy(corpus, tok, tmp_path, layout):
+def test_shards_load_the_same_in_the_legacy_numpy(corpus, tok, tmp_path, layout, legacy_python):
     """numpy 1.16 reads both layouts as we do: the flat one with pickling off."""
-    exe = _legacy_python()
-    if exe is None:
-        pytest.skip("no legacy Python with numpy found (set BORT_LEGACY_PYTHON, or build the tox "
-                    "legacy env / /tmp/venv37)")
     path = _make(corpus, tok, tmp_path / "out", outputs=1, layout=layout)[0]["files"][0]
     flat = []
-    for k, python in enumerate((exe, sys.executable)):
+    for k, python in enumerate((legacy_python, sys.executable)):
         out = str(tmp_path / ("%d.npz" % k))
         result = subprocess.run([python, "-c", _FLATTEN, path, out, layout],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,6 +1,6 @@
 """bort_core.checkpoint against MXNet itself: our files load in mx.nd.load bit-exactly, and
 mx.nd.save / GluonNLP's save_parameters files read bit-exactly (mxnet 1.9.1 here; mxnet
-1.5.0 through a legacy Python 3.7 interpreter when one is present)."""
+1.5.0 through the legacy oracle's Python 3.7 interpreter)."""
 import os
 import pathlib
 import subprocess
@@ -150,31 +150,14 @@ _LEGACY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _legacy_python():
-    candidates = [os.environ.get("BORT_LEGACY_PYTHON"), str(REPO / ".tox/legacy/bin/python"),
-                  "/tmp/venv37/bin/python"]
-    for exe in candidates:
-        if not exe or not os.path.exists(exe):
-            continue
-        probe = subprocess.run([exe, "-c", "import mxnet; print(mxnet.__version__)"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               universal_newlines=True, timeout=60)
-        if probe.returncode == 0 and probe.stdout.strip().startswith("1.5"):
-            return exe
-    return None
-
-
-def test_our_files_load_in_mxnet150(tmp_path):
-    exe = _legacy_python()
-    if exe is None:
-        pytest.skip("no Python with mxnet 1.5.0 found (set BORT_LEGACY_PYTHON, or build "
-                    "the tox legacy env / /tmp/venv37)")
+def test_our_files_load_in_mxnet150(tmp_path, legacy_python):
     params = _arrays(2)
     ours, npz = str(tmp_path / "ours.params"), str(tmp_path / "expected.npz")
     ckpt.save_ndarrays(ours, params)
     np.savez(npz, **params)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([exe, "-c", _LEGACY_SCRIPT, ours, npz, str(tmp_path / "legacy.params")],
+    result = subprocess.run([legacy_python, "-c", _LEGACY_SCRIPT, ours, npz,
+                             str(tmp_path / "legacy.params")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True, env=env, timeout=120)
     assert result.returncode == 0, result.stdout

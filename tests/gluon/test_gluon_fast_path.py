@@ -16,9 +16,6 @@ from parity import io  # noqa: E402
 from parity.grads import compare_grads  # noqa: E402
 from parity.io import make_inputs, random_params  # noqa: E402
 
-LEGACY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "artifacts", "legacy")
-
 
 def _setup(use_decoder=False):
     config = get_config("bort_tiny").without_dropout()
@@ -156,13 +153,11 @@ def test_hooks_keep_the_padded_path():
 
 
 @pytest.mark.parametrize("name", ["bort_4_8_768_1024", "bort_tiny"])
-def test_unpadded_gluon_matches_the_2020_stack(name):
+def test_unpadded_gluon_matches_the_2020_stack(name, legacy_dump):
     from parity.__main__ import build_model
     from parity.compare import compare_taps, format_table
 
-    folder = os.path.join(LEGACY, name)
-    if not os.path.isdir(folder):
-        pytest.skip("no legacy oracle artifacts in %s (run scripts/run_legacy_oracle.sh)" % folder)
+    folder = legacy_dump(name)
     inputs = io.load_inputs(os.path.join(folder, "inputs.npz"))
     backbone, _ = build_model("gluon", name, os.path.join(folder, "checkpoint.params"), 0)
     gm.hybridize_for_speed(backbone)

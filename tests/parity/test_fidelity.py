@@ -4,22 +4,16 @@ release's rows per step and loss-scale trace), the release's scaler formula repr
 worked example, our default recipe is caught where it differs, and a missing legacy
 interpreter fails (CI) or marks rows not ok (elsewhere), never a silent skip."""
 import json
-import os
 
 import numpy as np
 import pytest
 
-from parity import fidelity
 from parity import fidelity_pretrain as fp
 from parity.__main__ import main
 from parity.fidelity_legacy import release_learning_rate, release_scale_trace
 
 pytestmark = pytest.mark.parity
 
-LEGACY = fidelity.find_legacy_python()
-needs_legacy = pytest.mark.skipif(
-    not (LEGACY and os.path.exists(LEGACY)) and os.environ.get("CI", "").lower() != "true",
-    reason="no legacy interpreter (tox -e legacy); under CI=true this fails instead")
 
 
 def test_release_formulas_on_worked_examples():
@@ -34,8 +28,7 @@ def test_release_formulas_on_worked_examples():
     assert release_learning_rate(500, 1e-4, 1000, 0.01) == pytest.approx(5e-5)
 
 
-@needs_legacy
-def test_fidelity_command_passes_with_every_row_ok(tmp_path, capsys):
+def test_fidelity_command_passes_with_every_row_ok(tmp_path, capsys, legacy_python):
     out = tmp_path / "fidelity.json"
     assert main(["fidelity", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -48,9 +41,8 @@ def test_fidelity_command_passes_with_every_row_ok(tmp_path, capsys):
     assert table.count("\n| ") >= len(rows) and "0 not ok" in table
 
 
-@needs_legacy
-def test_twenty_release_steps_match_the_legacy_sampler_and_scaler():
-    rows = {r["name"]: r for r in fp.rows(LEGACY)}
+def test_twenty_release_steps_match_the_legacy_sampler_and_scaler(legacy_python):
+    rows = {r["name"]: r for r in fp.rows(legacy_python)}
     steps = next(r for n, r in rows.items() if n.startswith("pretrain: rows per step"))
     scales = next(r for n, r in rows.items() if n.startswith("pretrain: loss scale per step"))
     assert steps["ok"] and len(steps["ours"]) == fp.STEPS and len(set(steps["ours"])) > 3

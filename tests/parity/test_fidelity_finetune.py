@@ -1,8 +1,6 @@
 """parity.fidelity_finetune: every fine-tuning and Agora row holds under --recipe release
 against the legacy stack (mxnet 1.5.0, gluonnlp 0.8.3), its judges catch our default recipe,
 and without the legacy interpreter its rows fail with the reason."""
-import os
-
 import numpy as np
 import pytest
 
@@ -13,9 +11,6 @@ pytestmark = pytest.mark.parity
 from bort_core import finetune as ft  # noqa: E402
 from parity import fidelity_finetune as ff  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LEGACY = os.environ.get("BORT_LEGACY_PYTHON") or os.path.join(ROOT, ".tox", "legacy", "bin",
-                                                               "python")
 NAMES = ("head init uniform", "head init gaussian", "head init orthogonal", "head init xavier",
          "dropout scope", "lr schedule horizon", "bucket boundaries", "early stop ties",
          "agora prune (--prune one)", "agora prune (--prune half")
@@ -29,9 +24,8 @@ def _check_shape(rows):
         assert isinstance(r["ok"], bool) and "\n" not in r["how"]
 
 
-@pytest.mark.skipif(not os.path.exists(LEGACY), reason="no legacy interpreter (tox -e legacy)")
-def test_every_row_holds_against_the_legacy_stack():
-    rows = ff.rows(LEGACY)
+def test_every_row_holds_against_the_legacy_stack(legacy_python):
+    rows = ff.rows(legacy_python)
     _check_shape(rows)
     bad = [(r["name"], r["release"], r["ours"], r["how"]) for r in rows if not r["ok"]]
     assert not bad

@@ -19,7 +19,6 @@ from parity.__main__ import build_model  # noqa: E402
 from parity.compare import compare_taps, format_table  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LEGACY = os.path.join(ROOT, "artifacts", "legacy")
 FULL = "bort_4_8_768_1024"
 
 
@@ -31,10 +30,9 @@ def _assert_parity(a, b):
 
 @pytest.mark.parametrize("framework", ["gluon", "torch"])
 @pytest.mark.parametrize("name", [FULL, "bort_tiny"])
-def test_the_2020_checkpoint_loads_and_every_tap_matches_the_2020_stack(framework, name):
-    folder = os.path.join(LEGACY, name)
-    if not os.path.isdir(folder):
-        pytest.skip("no legacy oracle artifacts in %s (run `tox -e legacy` first)" % folder)
+def test_the_2020_checkpoint_loads_and_every_tap_matches_the_2020_stack(framework, name,
+                                                                        legacy_dump):
+    folder = legacy_dump(name)
     inputs = io.load_inputs(os.path.join(folder, "inputs.npz"))
     assert len(set(inputs["valid_length"].tolist())) > 1          # a padded batch
     backbone, _ = build_model(framework, name, os.path.join(folder, "checkpoint.params"), 0)
@@ -97,10 +95,8 @@ def test_unpadded_torch_matches_gluon_full_size(full_size):
 
 
 @pytest.mark.parametrize("name", [FULL, "bort_tiny"])
-def test_unpadded_torch_matches_the_2020_stack(name):
-    folder = os.path.join(LEGACY, name)
-    if not os.path.isdir(folder):
-        pytest.skip("no legacy oracle artifacts in %s (run `tox -e legacy` first)" % folder)
+def test_unpadded_torch_matches_the_2020_stack(name, legacy_dump):
+    folder = legacy_dump(name)
     inputs = io.load_inputs(os.path.join(folder, "inputs.npz"))
     backbone, _ = build_model("torch", name, os.path.join(folder, "checkpoint.params"), 0)
     ours = _unpadded_outputs(backbone, None, inputs)

@@ -2,7 +2,7 @@
 stack): metadata, tap names and shapes, zeroed padding, and a checkpoint that mxnet reads, holds
 the release's parameter names and agrees with the taps it produced.
 
-Needs none of our models; skips when artifacts/legacy/<config>/ has not been made.
+Needs none of our models; without artifacts/legacy/<config>/ it skips (fails under CI=true).
 """
 import json
 import math
@@ -16,8 +16,6 @@ from parity import io as pio
 
 pytestmark = pytest.mark.parity
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LEGACY_DIR = os.path.join(ROOT, "artifacts", "legacy")
 CONFIGS = ("bort_4_8_768_1024", "bort_tiny")
 
 
@@ -44,8 +42,8 @@ def expected_parameters(config):
 
 
 class Artifacts(object):
-    def __init__(self, name):
-        self.dir = os.path.join(LEGACY_DIR, name)
+    def __init__(self, folder):
+        self.dir = folder
         with open(os.path.join(self.dir, "config.json")) as f:
             self.meta = json.load(f)
         self.config = get_config(self.meta["config"])
@@ -63,12 +61,8 @@ class Artifacts(object):
 
 
 @pytest.fixture(scope="module", params=CONFIGS)
-def art(request):
-    path = os.path.join(LEGACY_DIR, request.param)
-    if not os.path.isdir(path):
-        pytest.skip("%s is absent: make it with scripts/run_legacy_oracle.sh on the 2020 stack "
-                    "(tox -e legacy)" % os.path.relpath(path, ROOT))
-    return Artifacts(request.param)
+def art(request, legacy_dump):
+    return Artifacts(legacy_dump(request.param))
 
 
 def _layer_norm(x, gamma, beta, eps):
