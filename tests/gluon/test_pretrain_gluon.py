@@ -13,11 +13,7 @@ mx = pytest.importorskip("mxnet")
 pytestmark = pytest.mark.gluon
 
 from bort_core import checkpoint as ckpt  # noqa: E402
-from bort_core import (
-    losses,  # noqa: E402
-    optim,  # noqa: E402
-    resume,  # noqa: E402
-)
+from bort_core import losses, optim, resume  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402

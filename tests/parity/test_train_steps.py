@@ -12,10 +12,7 @@ pytestmark = pytest.mark.parity
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core import resume  # noqa: E402
-from bort_core.arch import (
-    canonical_shapes,  # noqa: E402
-    initial_params,  # noqa: E402
-)
+from bort_core.arch import canonical_shapes, initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
 from bort_core.metrics import rel_l2  # noqa: E402

@@ -15,10 +15,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 from bort_core import checkpoint as ckpt  # noqa: E402
-from bort_core import (
-    losses,  # noqa: E402
-    resume,  # noqa: E402
-)
+from bort_core import losses, resume  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
 from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
