@@ -54,6 +54,7 @@ from bort_core.data.batches import pad_rows
 from bort_core.data.shards import object_array
 from bort_core.data.tasks import get_task
 from bort_core.metrics import NonFiniteError, check_finite
+from bort_core.model_params import classifier_layout, infer_vocab_size, is_classifier, split_classifier
 from bort_core.tokenizer import load_tokenizer
 
 # the 480-set starting grid the release's README suggests for Agora on Bort
@@ -335,16 +336,16 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
         raise FileNotFoundError("--reference-checkpoint %s does not exist"
                                 % options.reference_checkpoint)
     ref_params = ckpt.load_params(options.reference_checkpoint)
-    if not ckpt.is_classifier(ref_params):
+    if not is_classifier(ref_params):
         raise ValueError("--reference-checkpoint %s is not a fine-tuned classifier (no "
                          "classifier.* parameters)" % options.reference_checkpoint)
-    ref_vocab = ckpt.infer_vocab_size(ref_params)
+    ref_vocab = infer_vocab_size(ref_params)
     if ref_vocab != config.vocab_size:
         raise ValueError("--reference-checkpoint %s has a vocabulary of %d, the student %d; "
                          "Agora needs the same tokenizer" % (options.reference_checkpoint,
                                                              ref_vocab, config.vocab_size))
-    ref_head = ckpt.split_classifier(ref_params)[1]
-    ref_outputs, ref_dropout = ckpt.classifier_layout(ref_head, options.reference_checkpoint)
+    ref_head = split_classifier(ref_params)[1]
+    ref_outputs, ref_dropout = classifier_layout(ref_head, options.reference_checkpoint)
     if ref_outputs != ft.num_outputs(task):
         raise ValueError("--reference-checkpoint %s has %d output(s), task %s needs %d"
                          % (options.reference_checkpoint, ref_outputs, task.name,
@@ -387,59 +388,58 @@ def run_agora(backend, base: ft.FinetuneOptions, options: AgoraOptions, mlm_logi
     best_path = os.path.join(base.output_dir, "model_bort_%s_agora.params" % task.name)
     rounds, start = [], time.time()
     work = tempfile.mkdtemp(prefix="agora-", dir=base.output_dir)
-    kept = os.path.join(work, "best.params")    # the best model so far; published at the end
-    try:
-        while alive and (options.max_rounds is None or len(rounds) < options.max_rounds):
-            for replay in range(1 + options.replays):
-                if options.max_rounds is not None and len(rounds) >= options.max_rounds:
-                    break
-                record = _round(backend, task, config, num_classes, base, grid, alive, train,
-                                dev, work, len(rounds) + 1, progress)
-                t0 = time.time()
-                model_path, score = record.pop("model_path"), record["best_score"]
-                if score > best["score"]:
-                    shutil.copyfile(model_path, kept)
-                    best = {"score": score, "round": record["round"], "set": record["best_set"]}
-                model = backend.load(config, model_path, num_classes)
-                scored = ft.score_split(backend, model, task, dev[0], base.dev_batch_size)
-                wrong = mistakes(task, dev[0].examples, scored["predictions"],
-                                 options.regression_tolerance)
-                mined = np.setdiff1d(wrong, ref_wrong) if options.teachable_only else wrong
-                final = (len(alive) == 1 and replay == options.replays) or (
-                    options.max_rounds is not None and len(rounds) + 1 >= options.max_rounds)
-                seqs = [] if final else [dev[0].features["input_ids"][i] for i in mined
-                                         for _ in range(options.points_per_mistake)]
-                new = generate(seqs, rng) if seqs else []     # none after the final round
-                if new:
-                    ref_logits = backend.predict(reference, ft.eval_batches(
-                        {"input_ids": object_array(new), "valid_length": np.array(
-                            [len(s) for s in new], np.int32)}, base.dev_batch_size))
-                    labels = ft.predictions(task, ref_logits, "the reference on generated "
-                                            "points")[0]
-                    train = append_points(train, new, labels)
-                shutil.rmtree(os.path.dirname(model_path), ignore_errors=True)
-                record.update({"dev_mistakes": int(len(wrong)), "mistakes_mined": int(len(mined)),
-                               "points_added": len(new),
-                               "train_size": int(len(train["valid_length"])),
-                               "generate_seconds": time.time() - t0})
-                rounds.append(record)
-                _write_logs(base.output_dir, task, ref_info, rounds, best, grid)
-                if progress:
-                    n = len(record["sets"])
-                    print("agora round %d: %d set%s, best %.4f (set %d), %d mistakes, +%d "
-                          "points, %.1fs" % (record["round"], n, "" if n == 1 else "s", score,
-                                             record["best_set"], len(wrong), len(new),
-                                             record["seconds"]), flush=True)
-            last = rounds[-1]["scores"]
-            alive = [alive[i] for i in prune([last[str(s)] for s in alive], options.keep,
-                                             options.prune)]
-        seconds = time.time() - start
-        model = backend.load(config, kept, num_classes)
-        dev_metrics, test = ft.score_and_submit(backend, model, task, data,
-                                                base.dev_batch_size, base.output_dir)
-        os.replace(kept, best_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with bio.atomic_path(best_path) as kept:    # the best model so far, published at the end
+        try:
+            while alive and (options.max_rounds is None or len(rounds) < options.max_rounds):
+                for replay in range(1 + options.replays):
+                    if options.max_rounds is not None and len(rounds) >= options.max_rounds:
+                        break
+                    record = _round(backend, task, config, num_classes, base, grid, alive, train,
+                                    dev, work, len(rounds) + 1, progress)
+                    t0 = time.time()
+                    model_path, score = record.pop("model_path"), record["best_score"]
+                    if score > best["score"]:
+                        shutil.copyfile(model_path, kept)
+                        best = {"score": score, "round": record["round"], "set": record["best_set"]}
+                    model = backend.load(config, model_path, num_classes)
+                    scored = ft.score_split(backend, model, task, dev[0], base.dev_batch_size)
+                    wrong = mistakes(task, dev[0].examples, scored["predictions"],
+                                     options.regression_tolerance)
+                    mined = np.setdiff1d(wrong, ref_wrong) if options.teachable_only else wrong
+                    final = (len(alive) == 1 and replay == options.replays) or (
+                        options.max_rounds is not None and len(rounds) + 1 >= options.max_rounds)
+                    seqs = [] if final else [dev[0].features["input_ids"][i] for i in mined
+                                             for _ in range(options.points_per_mistake)]
+                    new = generate(seqs, rng) if seqs else []     # none after the final round
+                    if new:
+                        ref_logits = backend.predict(reference, ft.eval_batches(
+                            {"input_ids": object_array(new), "valid_length": np.array(
+                                [len(s) for s in new], np.int32)}, base.dev_batch_size))
+                        labels = ft.predictions(task, ref_logits, "the reference on generated "
+                                                "points")[0]
+                        train = append_points(train, new, labels)
+                    shutil.rmtree(os.path.dirname(model_path), ignore_errors=True)
+                    record.update({"dev_mistakes": int(len(wrong)), "mistakes_mined": int(len(mined)),
+                                   "points_added": len(new),
+                                   "train_size": int(len(train["valid_length"])),
+                                   "generate_seconds": time.time() - t0})
+                    rounds.append(record)
+                    _write_logs(base.output_dir, task, ref_info, rounds, best, grid)
+                    if progress:
+                        n = len(record["sets"])
+                        print("agora round %d: %d set%s, best %.4f (set %d), %d mistakes, +%d "
+                              "points, %.1fs" % (record["round"], n, "" if n == 1 else "s", score,
+                                                 record["best_set"], len(wrong), len(new),
+                                                 record["seconds"]), flush=True)
+                last = rounds[-1]["scores"]
+                alive = [alive[i] for i in prune([last[str(s)] for s in alive], options.keep,
+                                                 options.prune)]
+            seconds = time.time() - start
+            model = backend.load(config, kept, num_classes)
+            dev_metrics, test = ft.score_and_submit(backend, model, task, data,
+                                                    base.dev_batch_size, base.output_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     result = {"task": task.name, "framework": backend.name, "config": config.name,
               "reference": ref_info, "best": best, "rounds": len(rounds),
               "runs": sum(len(r["sets"]) for r in rounds), "seconds": seconds,

@@ -24,6 +24,7 @@ from bort_core import hf
 from bort_core import io as bio
 from bort_core.configs import embedded_config, get_config
 from bort_core.deps import require
+from bort_core.model_params import load_checkpoint, resolve_checkpoint, validate_params
 from bort_core.names import DECODER_BIAS, TIED_DECODER, WORD_EMBED, canonical_name, torch_name
 
 
@@ -58,19 +59,19 @@ def read_checkpoint(path: str, config=None):
     if fmt != "hf" and not os.path.exists(path):
         raise FileNotFoundError("checkpoint %s does not exist" % path)
     if fmt == "params":
-        return ckpt.load_checkpoint(path, config)
+        return load_checkpoint(path, config)
     if fmt == "hf":
         hf_config, params = hf.load_hf(path)
         if config is not None:
             hf_config = get_config(config, vocab_size=hf_config.vocab_size)
-        return hf_config, ckpt.validate_params(params, hf_config, source=path)
+        return hf_config, validate_params(params, hf_config, source=path)
     if fmt == "safetensors":
         state, metadata = bio.read_safetensors(path)
         if config is None and "bort_config" in metadata:
             config = embedded_config(metadata["bort_config"], "%s: metadata bort_config" % path)
     else:
         state = _read_torch_state(path)
-    return ckpt.resolve_checkpoint(from_torch_state(state), path, config)
+    return resolve_checkpoint(from_torch_state(state), path, config)
 
 
 def _read_torch_state(path):

@@ -41,6 +41,7 @@ from bort_core.data.batches import eval_batches, train_batches
 from bort_core.data.leaderboard import write_submission
 from bort_core.data.tasks import Example, Task, featurize, get_task, read_split
 from bort_core.metrics import NonFiniteError, check_finite, evaluate
+from bort_core.model_params import infer_vocab_size, join_classifier, load_model_params
 from bort_core.tokenizer import load_tokenizer
 
 CLASSIFIER_INITS = ("uniform", "gaussian", "orthogonal", "xavier")
@@ -242,9 +243,9 @@ def initial_classifier(config: BortConfig, num_classes: int, checkpoint: Optiona
         backbone = initial_params(config, seed)
         backbone = OrderedDict((n, v) for n, v in backbone.items() if not n.startswith("decoder."))
     else:
-        _, backbone = ckpt.load_model_params(checkpoint, config, with_decoder=False)
+        _, backbone = load_model_params(checkpoint, config, with_decoder=False)
     head = classifier_init(config, num_classes, scheme, seed, config.classifier_dropout, prob)
-    return ckpt.join_classifier(backbone, head)
+    return join_classifier(backbone, head)
 
 
 def resolve_config(config: str, checkpoint: Optional[str], dropout: float,
@@ -256,7 +257,7 @@ def resolve_config(config: str, checkpoint: Optional[str], dropout: float,
     if checkpoint is not None:
         if not os.path.exists(checkpoint):
             raise FileNotFoundError("--checkpoint %s does not exist" % checkpoint)
-        vocab = ckpt.infer_vocab_size(ckpt.load_params(checkpoint))
+        vocab = infer_vocab_size(ckpt.load_params(checkpoint))
     base = get_config(config, vocab_size=vocab)
     if scope == "head":
         return base.replace(head_dropout=dropout)

@@ -17,9 +17,9 @@ from collections import OrderedDict
 import numpy as np
 
 from bort_core import arch
-from bort_core import checkpoint as ckpt
 from bort_core import io as bio
 from bort_core.configs import BortConfig, embedded_config
+from bort_core.model_params import compare_params
 from bort_core.names import hf_name
 
 WEIGHTS_NAME = "model.safetensors"
@@ -168,6 +168,6 @@ def load_hf(directory: str):
             raise ValueError("%s: %s is non-zero but config %r has no token types"
                              % (weights_path, _TOKEN_TYPE, config.name))
     shapes = arch.canonical_shapes(config)
-    ckpt.compare_params(tensors, OrderedDict((hf_name(n), s) for n, s in shapes.items()),
+    compare_params(tensors, OrderedDict((hf_name(n), s) for n, s in shapes.items()),
                         weights_path, "config %r in HF BertForMaskedLM names" % config.name)
     return config, OrderedDict((name, tensors[hf_name(name)]) for name in shapes)

@@ -30,7 +30,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from bort_core import checkpoint as ckpt
 from bort_core.arch import initial_params
 from bort_core.backend import load_framework
 from bort_core.configs import get_config
@@ -39,6 +38,7 @@ from bort_core.data.shards import expand_shards
 from bort_core.data.stream import BatchList, BatchStream, worker_slice
 from bort_core.losses import logged_mse, normalizer
 from bort_core.metrics import NonFiniteError, check_finite
+from bort_core.model_params import load_model_params
 from bort_core.optim import LOSS_SCALERS, make_scaler, pretraining_lr
 from bort_core.resume import (
     check_resume_options,
@@ -151,7 +151,7 @@ def resolve_models(options: PretrainOptions):
     validated before any training: unknown configs, missing files, vocabulary mismatch."""
     params = None
     if options.init:
-        student, params = ckpt.load_model_params(options.init, options.student)
+        student, params = load_model_params(options.init, options.student)
     else:
         student = get_config(options.student)
     if options.dropout is not None:
@@ -160,7 +160,7 @@ def resolve_models(options: PretrainOptions):
     if options.teacher:
         if not os.path.exists(options.teacher):
             raise FileNotFoundError("teacher checkpoint %s does not exist" % options.teacher)
-        teacher, teacher_params = ckpt.load_model_params(options.teacher, options.teacher_config)
+        teacher, teacher_params = load_model_params(options.teacher, options.teacher_config)
         teacher = teacher.without_dropout()
         if teacher.vocab_size != student.vocab_size:
             raise ValueError("teacher %s has a %d-entry vocabulary, the student %s %d: they must "

@@ -12,11 +12,11 @@ from typing import Optional
 import mxnet as mx
 import numpy as np
 
-from bort_core import checkpoint as ckpt
 from bort_core import pretrain as core
 from bort_core.arch import initial_params
 from bort_core.backend import median_seconds
 from bort_core.configs import BortConfig
+from bort_core.model_params import join_classifier, load_backbone_and_head
 from bort_gluon import model as gm
 from bort_gluon.pretrain import Engine
 
@@ -34,14 +34,14 @@ class Backend(core.BackendBase):
         return block
 
     def load(self, config: BortConfig, path: str, num_classes: Optional[int] = None):
-        config, params, head = ckpt.load_backbone_and_head(path, config)
+        config, params, head = load_backbone_and_head(path, config)
         model = gm.BortModel(config, use_decoder=any(n.startswith("decoder.") for n in params))
         gm.set_params(model, params, path)
         if not num_classes:
             return model
         classifier = gm.BortClassifier(model, num_classes, dropout=config.classifier_dropout)
         if head is not None:
-            gm.set_params(classifier, ckpt.join_classifier(params, head), path)
+            gm.set_params(classifier, join_classifier(params, head), path)
         return classifier
 
     def save(self, model, path: str) -> None:

@@ -21,6 +21,7 @@ from mxnet.gluon import HybridBlock, nn
 
 from bort_core import checkpoint as ckpt
 from bort_core.configs import BortConfig
+from bort_core.model_params import check_params, resolve_model
 
 
 class Packing:
@@ -272,7 +273,7 @@ def get_params(model: HybridBlock):
 def set_params(model: HybridBlock, params, source: str = "<params>") -> None:
     """Copy a canonical dict into the model; names and shapes must match exactly."""
     named = named_parameters(model)
-    ckpt.check_params({name: p.shape for name, p in named.items()}, params, source)
+    check_params({name: p.shape for name, p in named.items()}, params, source)
     for name, param in named.items():
         param.set_data(mx.nd.array(np.asarray(params[name]), dtype=param.dtype))
 
@@ -288,7 +289,7 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
     otherwise the model is initialised as the release did. `dropout` overrides both dropout
     rates (0 for deterministic parity runs).
     """
-    config, params = ckpt.resolve_model(name, checkpoint, use_decoder, dropout)
+    config, params = resolve_model(name, checkpoint, use_decoder, dropout)
     if seed is not None:
         mx.random.seed(seed)
         np.random.seed(seed)

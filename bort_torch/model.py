@@ -23,6 +23,7 @@ from torch import nn
 
 from bort_core import checkpoint as ckpt
 from bort_core.configs import BortConfig
+from bort_core.model_params import check_params, resolve_model
 from bort_core.names import canonical_name
 
 
@@ -329,7 +330,7 @@ def get_params(model: nn.Module) -> Dict[str, np.ndarray]:
 def set_params(model: nn.Module, params, source: str = "<params>") -> None:
     """Copy a canonical dict into the model; names and shapes must match exactly."""
     named = named_parameters(model)
-    ckpt.check_params({name: p.shape for name, p in named.items()}, params, source)
+    check_params({name: p.shape for name, p in named.items()}, params, source)
     for name, p in named.items():
         p.copy_(torch.from_numpy(np.ascontiguousarray(params[name])).to(p.dtype))
 
@@ -338,7 +339,7 @@ def get_bort_model(name: str = "bort_4_8_768_1024", checkpoint: str = None,
                    use_decoder: bool = True, dropout: float = None, device=None,
                    seed: int = None) -> BortModel:
     """The twin of bort_gluon.model.get_bort_model (a torch device for `device`)."""
-    config, params = ckpt.resolve_model(name, checkpoint, use_decoder, dropout)
+    config, params = resolve_model(name, checkpoint, use_decoder, dropout)
     if seed is not None:
         torch.manual_seed(seed)
     model = BortModel(config, use_decoder=use_decoder, device=device)

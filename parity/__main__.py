@@ -35,12 +35,12 @@ def build_model(framework, config_name, checkpoint, num_classes):
         from bort_gluon import model as m
     else:
         from bort_torch import model as m
-    from bort_core import checkpoint as ckpt
+    from bort_core.model_params import is_classifier, join_classifier, load_checkpoint, split_classifier
 
-    config, params = ckpt.load_checkpoint(checkpoint, config_name)
+    config, params = load_checkpoint(checkpoint, config_name)
     head = None
-    if ckpt.is_classifier(params):
-        params, head = ckpt.split_classifier(params, source=checkpoint)
+    if is_classifier(params):
+        params, head = split_classifier(params, source=checkpoint)
     if num_classes and head is None:
         raise ValueError("%s: --num-classes asks for classifier_logits, but the checkpoint has "
                          "no classifier head (classifier.*)" % checkpoint)
@@ -49,7 +49,7 @@ def build_model(framework, config_name, checkpoint, num_classes):
     target, values = backbone, params
     if num_classes:
         classifier = m.BortClassifier(backbone, num_classes, dropout=0.0)
-        target, values = classifier, ckpt.join_classifier(params, head)
+        target, values = classifier, join_classifier(params, head)
     if framework == "gluon":
         m.initialize_like_release(target)
     m.set_params(target, values, checkpoint)

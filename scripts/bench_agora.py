@@ -58,6 +58,7 @@ from bort_core import finetune as ft
 from bort_core.data import demo
 from bort_core.data.pretraining import read_documents
 from bort_core.data.tasks import featurize, get_task
+from bort_core.model_params import classifier_layout, split_classifier
 
 TASKS = ("demo-single", "demo-pair", "demo-regression")
 
@@ -185,8 +186,8 @@ def heldout_sets(args, tokenizer):
 
 def heldout_score(backend, task, config_name, model_path, data):
     """The task's selecting metric of a fine-tuned model on the labelled held-out split."""
-    head = ckpt.split_classifier(ckpt.load_params(model_path))[1]
-    dropout = ckpt.classifier_layout(head, model_path)[1]    # the head's layers depend on it
+    head = split_classifier(ckpt.load_params(model_path))[1]
+    dropout = classifier_layout(head, model_path)[1]    # the head's layers depend on it
     config = ft.resolve_config(config_name, model_path, dropout)
     model = backend.load(config, model_path, ft.num_outputs(task))
     metrics = ft.score_split(backend, model, task, data, 64)["metrics"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from bort_core import arch, checkpoint
 from bort_core.configs import get_config
+from bort_core.model_params import load_checkpoint
 
 
 def build_params(config, dtype, seed=0):
@@ -57,7 +58,7 @@ def main():
         rows = [
             ("ours: load_ndarrays", lambda: checkpoint.load_ndarrays(path)),
             ("ours: load_checkpoint (validate)",
-             lambda: checkpoint.load_checkpoint(path, args.config)),
+             lambda: load_checkpoint(path, args.config)),
             ("ours: save_params (atomic, fsync)",
              lambda: checkpoint.save_params(path + ".ours", params)),
         ]

@@ -11,11 +11,11 @@ import io
 import os
 import warnings
 
-from bort_core import checkpoint as ckpt
 from bort_core import io as bio
 from bort_core.backend import load_framework
 from bort_core.convert import read_checkpoint
 from bort_core.deps import require
+from bort_core.model_params import is_classifier, split_classifier
 
 INPUT_NAMES = ["input_ids", "valid_length"]
 OUTPUT_NAMES = ["sequence"]
@@ -84,8 +84,8 @@ def run(args):
     if args.check:
         require("onnxruntime", "onnx", "--check")
     config, params = read_checkpoint(args.src, args.config)
-    if ckpt.is_classifier(params):      # a fine-tuned classifier: its backbone, head left out
-        params, _ = ckpt.split_classifier(params, args.src)
+    if is_classifier(params):      # a fine-tuned classifier: its backbone, head left out
+        params, _ = split_classifier(params, args.src)
     params = {k: v for k, v in params.items() if not k.startswith("decoder.")}
     model = tm.BortModel(config.without_dropout(), use_decoder=False)
     tm.set_params(model, params, args.src)

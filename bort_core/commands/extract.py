@@ -11,7 +11,6 @@ import numpy as np
 from bort_core import extraction as ose
 from bort_core import io as bio
 from bort_core.backend import get_backend
-from bort_core.checkpoint import load_checkpoint
 from bort_core.commands.convention import (
     add_data,
     add_output_dir,
@@ -19,6 +18,7 @@ from bort_core.commands.convention import (
     deprecated,
 )
 from bort_core.extraction_plan import make_plan, parse_search_space, write_candidates
+from bort_core.model_params import load_checkpoint
 from bort_core.recipe import add_recipe_argument
 
 # what `--recipe release` sets in every hyper-parameter set: the release's pretraining values

@@ -19,6 +19,7 @@ from bort_core.data import demo
 from bort_core.data.pretraining import read_documents
 from bort_core.data.tasks import featurize, get_task
 from bort_core.extraction_plan import make_plan, parse_search_space
+from bort_core.model_params import classifier_layout, split_classifier
 from bort_core.reproduce.runner import Run, bort, parity
 from bort_core.resume import complete_steps
 from bort_core.tokenizer import load_tokenizer
@@ -217,8 +218,8 @@ def score_heldout(framework: str, task_name: str, config: str, model_path: str, 
     """The task's metrics of a fine-tuned model on `data_dir`'s labelled test split (the dev
     layout), with the embedded demo vocabulary."""
     task = get_task(task_name)
-    head = ckpt.split_classifier(ckpt.load_params(model_path))[1]
-    cfg = ft.resolve_config(config, model_path, ckpt.classifier_layout(head, model_path)[1])
+    head = split_classifier(ckpt.load_params(model_path))[1]
+    cfg = ft.resolve_config(config, model_path, classifier_layout(head, model_path)[1])
     examples = task.read(task, "dev", task.path(data_dir, "test")).examples
     data = ft.TaskData("heldout", examples, featurize(examples, task, load_tokenizer(None),
                                                       min(max_len, cfg.max_length)))

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from bort_core import checkpoint as ckpt
 from bort_core import hf
 from bort_core.configs import get_config
+from bort_core.model_params import load_checkpoint
 from parity import io
 from parity.throughput.workloads import DEVICES, DTYPES, FRAMEWORKS, MODES, parse_list, step_flops, workloads
 
@@ -120,7 +121,7 @@ def prepare_weights(config, workdir, frameworks, checkpoint=None, seed=0):
     if "hf" in frameworks:
         paths["hf"] = os.path.join(workdir, "%s-hf" % config.name)
         if not os.path.exists(paths["hf"]):
-            hf.save_hf(paths["hf"], config, ckpt.load_checkpoint(paths["params"], config.name)[1])
+            hf.save_hf(paths["hf"], config, load_checkpoint(paths["params"], config.name)[1])
     if "onnx" in frameworks:
         paths["onnx"] = os.path.join(workdir, "%s.onnx" % config.name)
         if not os.path.exists(paths["onnx"]):

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from bort_core import checkpoint as ckpt
 from bort_core.configs import get_config
+from bort_core.model_params import load_checkpoint, load_model_params
 from parity.throughput.workloads import make_batch
 
 
@@ -49,7 +49,7 @@ class TorchRunner:
         else:
             from bort_torch import model as tm
 
-            config, params = ckpt.load_checkpoint(spec["paths"]["params"], spec["config"])
+            config, params = load_checkpoint(spec["paths"]["params"], spec["config"])
             self.model = tm.BortModel(config if train else config.without_dropout())
             tm.set_params(self.model, params, spec["paths"]["params"])
             tm.set_fast_attention(self.model, spec["framework"] != "torch-plain")
@@ -165,7 +165,7 @@ class GluonRunner:
         from bort_gluon import model as gm
 
         train = spec["mode"] == "train"
-        config, params = ckpt.load_model_params(spec["paths"]["params"], spec["config"],
+        config, params = load_model_params(spec["paths"]["params"], spec["config"],
                                                 with_decoder=train)
         self.config = config
         config = config if train else config.without_dropout()

@@ -11,6 +11,19 @@ import pytest
 from bort_core import arch
 from bort_core import checkpoint as ckpt
 from bort_core.configs import get_config
+from bort_core.model_params import (
+    classifier_layout,
+    infer_architecture,
+    infer_vocab_size,
+    is_classifier,
+    join_classifier,
+    load_checkpoint,
+    load_model_params,
+    resolve_checkpoint,
+    split_classifier,
+    validate_classifier_head,
+    validate_params,
+)
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 V1, V2, V3 = ckpt.NDARRAY_V1_MAGIC, ckpt.NDARRAY_V2_MAGIC, ckpt.NDARRAY_V3_MAGIC
@@ -199,7 +212,7 @@ def test_tied_decoder_stored_twice_and_dropped(tmp_path):
     names = list(raw)
     assert names.index("decoder.3.weight") == names.index("decoder.3.bias") - 1
     assert _bits_equal(raw["decoder.3.weight"], params["word_embed.0.weight"])
-    canonical = ckpt.validate_params(raw, TINY, source=path)
+    canonical = validate_params(raw, TINY, source=path)
     assert list(canonical) == list(arch.canonical_shapes(TINY))
     for name in params:
         assert _bits_equal(canonical[name], params[name])
@@ -213,7 +226,7 @@ def test_tied_decoder_copy_must_match():
     params["decoder.3.weight"][0, :3] += 1
     with pytest.raises(ValueError, match="f.params: parameter decoder.3.weight must be a copy of "
                                          "the tied word_embed.0.weight, but 3 of its"):
-        ckpt.validate_params(params, TINY, source="f.params")
+        validate_params(params, TINY, source="f.params")
     params["decoder.3.weight"] = params["decoder.3.weight"][:, :2]
     with pytest.raises(ValueError, match="expected shape \\(50, 128\\) float32, found \\(50, 2\\)"):
         ckpt.drop_tied_decoder(params)
@@ -228,7 +241,7 @@ def test_validate_reports_file_parameter_expected_and_found():
     params["encoder.transformer_cells.1.ffn.ffn_1.weight"] = np.zeros((7, 128), np.float32)
     params["pooler.weight"] = np.zeros((2, 2), np.float32)
     with pytest.raises(ValueError) as err:
-        ckpt.validate_params(params, TINY, source="/ckpt/x.params")
+        validate_params(params, TINY, source="/ckpt/x.params")
     text = str(err.value)
     assert text.startswith("/ckpt/x.params: parameters do not match config 'bort_tiny'")
     assert "missing parameter encoder.layer_norm.beta (expected shape (128,))" in text
@@ -239,12 +252,12 @@ def test_validate_reports_file_parameter_expected_and_found():
 
 def test_validate_decoder_presence_and_dtype():
     backbone = _params(TINY, with_decoder=False)
-    assert list(ckpt.validate_params(backbone, TINY)) == list(arch.canonical_shapes(TINY, False))
+    assert list(validate_params(backbone, TINY)) == list(arch.canonical_shapes(TINY, False))
     with pytest.raises(ValueError, match="missing parameter decoder.0.weight"):
-        ckpt.validate_params(backbone, TINY, with_decoder=True)
+        validate_params(backbone, TINY, with_decoder=True)
     backbone["encoder.layer_norm.gamma"] = backbone["encoder.layer_norm.gamma"].astype(np.int32)
     with pytest.raises(ValueError, match="encoder.layer_norm.gamma: expected a floating-point"):
-        ckpt.validate_params(backbone, TINY)
+        validate_params(backbone, TINY)
 
 
 def test_validate_warns_on_non_finite():
@@ -252,7 +265,7 @@ def test_validate_warns_on_non_finite():
     params["decoder.2.gamma"][3] = np.inf
     params["encoder.position_weight"][0, :2] = np.nan
     with pytest.warns(RuntimeWarning) as record:
-        ckpt.validate_params(params, TINY, source="w.params")
+        validate_params(params, TINY, source="w.params")
     messages = sorted(str(w.message) for w in record)
     assert messages == ["w.params: parameter decoder.2.gamma has 1 non-finite value(s) (nan/inf) "
                         "out of 128",
@@ -262,11 +275,11 @@ def test_validate_warns_on_non_finite():
 
 def test_infer_vocab_size_and_architecture():
     params = _params(TINY)
-    assert ckpt.infer_vocab_size(params) == 50
-    assert ckpt.infer_vocab_size({"bort.word_embed.0.weight": np.zeros((9, 2))}) == 9
+    assert infer_vocab_size(params) == 50
+    assert infer_vocab_size({"bort.word_embed.0.weight": np.zeros((9, 2))}) == 9
     with pytest.raises(ValueError, match="no word_embed.0.weight"):
-        ckpt.infer_vocab_size({"x": np.zeros(1)})
-    assert ckpt.infer_architecture(params) == {
+        infer_vocab_size({"x": np.zeros(1)})
+    assert infer_architecture(params) == {
         "vocab_size": 50, "units": 128, "num_layers": 2, "hidden_size": 96, "max_length": 16,
         "token_type_vocab_size": 0}
 
@@ -279,26 +292,26 @@ def test_classifier_split_validate_and_load(tmp_path, dropout):
     rng = np.random.RandomState(1)
     head = OrderedDict((n, rng.standard_normal(s).astype(np.float32))
                        for n, s in arch.classifier_shapes(TINY, 3, dropout=dropout).items())
-    joined = ckpt.join_classifier(backbone, head)
-    assert next(iter(joined)) == "bort.word_embed.0.weight" and ckpt.is_classifier(joined)
-    b, h = ckpt.split_classifier(joined)
+    joined = join_classifier(backbone, head)
+    assert next(iter(joined)) == "bort.word_embed.0.weight" and is_classifier(joined)
+    b, h = split_classifier(joined)
     assert list(b) == list(backbone) and list(h) == list(head)
-    assert ckpt.classifier_layout(h) == (3, dropout)
+    assert classifier_layout(h) == (3, dropout)
     path = str(tmp_path / "model_bort_MRPC_0.params")
     ckpt.save_params(path, joined)
-    config, params = ckpt.load_checkpoint(path, TINY)
+    config, params = load_checkpoint(path, TINY)
     assert config is TINY and list(params) == list(joined)
     assert all(_bits_equal(params[n], joined[n]) for n in joined)
     with pytest.raises(ValueError, match="expected shape \\(5,\\), found \\(3,\\)"):
-        ckpt.validate_classifier_head(head, TINY, num_classes=5, source=path)
+        validate_classifier_head(head, TINY, num_classes=5, source=path)
 
 
 def test_classifier_bad_names():
     with pytest.raises(ValueError, match="x.params: a classifier checkpoint holds only bort.\\* "
                                          "and classifier.\\* names; found pooler.weight"):
-        ckpt.split_classifier({"bort.a": 1, "pooler.weight": 2}, source="x.params")
+        split_classifier({"bort.a": 1, "pooler.weight": 2}, source="x.params")
     with pytest.raises(ValueError, match="cannot recognise the classifier head"):
-        ckpt.classifier_layout({"classifier.2.weight": np.zeros((2, 2))})
+        classifier_layout({"classifier.2.weight": np.zeros((2, 2))})
 
 
 # ---- load_checkpoint
@@ -309,7 +322,7 @@ def test_load_checkpoint_module_prefixes_and_json_config(tmp_path):
     ckpt.save_params(path, OrderedDict(("arg:" + n, v) for n, v in params.items()))
     json_path = str(tmp_path / "tiny.json")
     TINY.to_json(json_path)
-    config, loaded = ckpt.load_checkpoint(path, json_path)
+    config, loaded = load_checkpoint(path, json_path)
     assert config == TINY
     assert list(loaded) == list(arch.canonical_shapes(TINY))
     assert all(_bits_equal(loaded[n], params[n]) for n in loaded)
@@ -319,17 +332,17 @@ def test_load_checkpoint_name_config_object_and_none(tmp_path):
     config = get_config("bort_tiny").replace(vocab_size=50)
     path = str(tmp_path / "tiny.params")
     ckpt.save_params(path, _params(config), store_tied_decoder=True)
-    got_config, loaded = ckpt.load_checkpoint(path, "bort_tiny")
+    got_config, loaded = load_checkpoint(path, "bort_tiny")
     assert got_config == config and list(loaded) == list(arch.canonical_shapes(config))
-    assert ckpt.load_checkpoint(pathlib.Path(path), config)[0] is config
+    assert load_checkpoint(pathlib.Path(path), config)[0] is config
     with pytest.raises(ValueError, match="tiny.params: parameters do not match config "
                                          "'bort_4_8_768_1024'"):
-        ckpt.load_checkpoint(path, "bort_4_8_768_1024")
+        load_checkpoint(path, "bort_4_8_768_1024")
     with pytest.raises(ValueError, match="tiny.params: parameters do not match config 'bort_tiny' "
                                          "\\(vocab_size 4096"):
-        ckpt.load_checkpoint(path, get_config("bort_tiny"))
+        load_checkpoint(path, get_config("bort_tiny"))
     with pytest.raises(ValueError) as err:
-        ckpt.load_checkpoint(path)
+        load_checkpoint(path)
     text = str(err.value)
     assert "num_heads cannot be inferred" in text and "num_layers=2" in text
     assert "units=128" in text and "hidden_size=96" in text and "bort_tiny" in text
@@ -339,7 +352,7 @@ def test_load_checkpoint_without_embedding(tmp_path):
     path = str(tmp_path / "x.params")
     ckpt.save_params(path, {"foo": np.ones(2, np.float32)})
     with pytest.raises(ValueError, match="x.params: cannot infer the vocabulary size"):
-        ckpt.load_checkpoint(path, "bort_tiny")
+        load_checkpoint(path, "bort_tiny")
 
 
 # ---- bad input
@@ -349,7 +362,7 @@ def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.params"):
         ckpt.load_ndarrays(path)
     with pytest.raises(FileNotFoundError, match="nope.params"):
-        ckpt.load_checkpoint(path, "bort_tiny")
+        load_checkpoint(path, "bort_tiny")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -462,17 +475,17 @@ def test_load_model_params_and_resolve_checkpoint(tmp_path):
     full = _params(TINY)
     path = str(tmp_path / "full.params")
     ckpt.save_params(path, full, store_tied_decoder=True)
-    config, params = ckpt.load_model_params(path, TINY)
+    config, params = load_model_params(path, TINY)
     assert config is TINY and list(params) == list(arch.canonical_shapes(TINY))
-    _, params = ckpt.load_model_params(path, TINY, with_decoder=False)
+    _, params = load_model_params(path, TINY, with_decoder=False)
     assert list(params) == list(arch.canonical_shapes(TINY, with_decoder=False))
     head = OrderedDict((n, np.zeros(s, np.float32))
                        for n, s in arch.classifier_shapes(TINY, 2).items())
     cls_path = str(tmp_path / "cls.params")
-    ckpt.save_params(cls_path, ckpt.join_classifier(_params(TINY, with_decoder=False), head))
-    _, params = ckpt.load_model_params(cls_path, TINY, with_decoder=False)
+    ckpt.save_params(cls_path, join_classifier(_params(TINY, with_decoder=False), head))
+    _, params = load_model_params(cls_path, TINY, with_decoder=False)
     assert list(params) == list(arch.canonical_shapes(TINY, with_decoder=False))
     with pytest.raises(ValueError, match="cls.params: the checkpoint has no MLM decoder"):
-        ckpt.load_model_params(cls_path, TINY)
-    config, params = ckpt.resolve_checkpoint(full, "<memory>", TINY)
+        load_model_params(cls_path, TINY)
+    config, params = resolve_checkpoint(full, "<memory>", TINY)
     assert list(params) == list(arch.canonical_shapes(TINY))

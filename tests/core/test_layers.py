@@ -17,8 +17,8 @@ MAX_LINES = 500
 LAYERS = {
     1: ("bort_core", "bort_core.io", "bort_core.deps", "bort_core.names", "bort_core.configs",
         "bort_core.metrics", "bort_core.tokenizer"),
-    2: ("bort_core.arch", "bort_core.checkpoint", "bort_core.convert", "bort_core.hf",
-        "bort_core.data"),
+    2: ("bort_core.arch", "bort_core.checkpoint", "bort_core.model_params", "bort_core.convert",
+        "bort_core.hf", "bort_core.data"),
     3: ("bort_core.optim", "bort_core.losses"),
     4: ("bort_core.backend",),
     5: ("bort_core.pretrain", "bort_core.resume", "bort_core.finetune", "bort_core.agora",

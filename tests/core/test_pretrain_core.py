@@ -14,6 +14,7 @@ from bort_core.configs import DEMO_VOCAB_SIZE, get_config
 from bort_core.data import shards as sh
 from bort_core.data.bucketing import bucket_batches
 from bort_core.data.stream import PAD_ID, BatchStream, collate, worker_slice
+from bort_core.model_params import validate_params
 
 
 @pytest.fixture
@@ -131,7 +132,7 @@ def test_checkpoints_are_complete_only_with_their_marker(tmp_path):
     assert meta["step"] == 4 and set(loaded) == set(params)
     np.testing.assert_array_equal(loaded["word_embed.0.weight"], params["word_embed.0.weight"])
     # the params file is a canonical checkpoint any framework loads
-    ckpt.validate_params(loaded, get_config("bort_tiny"))
+    validate_params(loaded, get_config("bort_tiny"))
     with pytest.raises(FileNotFoundError, match="--start-step 8: no complete checkpoint"):
         core.resolve_start(str(tmp_path), 8)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
@@ -292,7 +293,7 @@ def test_the_final_step_is_checkpointed_off_the_interval(shards, tmp_path):
     assert core.complete_steps(o.ckpt_dir) == [2, 4, 5]
     params, states, meta = core.load_checkpoint(o.ckpt_dir, 5)
     assert meta["step"] == 5 and set(states) == set(engine.states())
-    ckpt.validate_params(params, get_config("bort_tiny"))
+    validate_params(params, get_config("bort_tiny"))
     assert (params[COUNTER] == 5).all()                   # step 5's update included
 
 

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.gluon
 from bort_core import arch  # noqa: E402
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core.configs import BortConfig  # noqa: E402
+from bort_core.model_params import validate_params  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DTYPES = ["float16", "float32", "float64", "uint8", "int8", "int32", "int64"]
@@ -109,7 +110,7 @@ def test_gluonnlp_save_parameters_round_trip(tmp_path):
     model.save_parameters(path)
     raw = ckpt.load_ndarrays(path)
     assert "decoder.3.weight" in raw   # the tied weight is stored twice
-    canonical = ckpt.validate_params(raw, config, source=path)
+    canonical = validate_params(raw, config, source=path)
     assert list(canonical) == list(arch.canonical_shapes(config))
     mine = {n: p.data().asnumpy() for n, p in model._collect_params_with_prefix().items()}
     for name, value in canonical.items():

@@ -22,6 +22,7 @@ from bort_core.cli import main  # noqa: E402
 from bort_core.commands import finetune as commands  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data.demo import TASKS_DIR  # noqa: E402
+from bort_core.model_params import is_classifier  # noqa: E402
 
 N_TRAIN, N_DEV, N_TEST = 32, 12, 4
 COMMON = ["--task", "demo-single", "--config", "bort_tiny",
@@ -147,7 +148,7 @@ def check_agora_end_to_end(framework, root, monkeypatch):
     assert len(open(result["test"]["test"]["file"]).read().splitlines()) == N_TEST + 1
     table = [line for line in open(out / "agora_log.md") if re.match(r"\| \d", line)]
     assert len(table) == 3
-    assert ckpt.is_classifier(ckpt.load_params(str(model)))
+    assert is_classifier(ckpt.load_params(str(model)))
     assert not [p for p in os.listdir(out) if p.startswith("agora-")]
 
 
