@@ -9,6 +9,7 @@ Kept Python-3.7 / numpy-1.16 compatible: the legacy (2020) environment writes th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -31,10 +32,26 @@ def make_inputs(batch_size=4, seq_len=32, vocab_size=50265, num_masked=5, seed=0
     return {"input_ids": ids, "valid_length": lengths, "masked_positions": positions}
 
 
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path to write in place of `path`: it replaces `path` with one rename once
+    the block ends without error, and is removed otherwise. The temp is named as by
+    `bort_core.io.temp_name` (`.<name>.<pid>-<8 hex>.tmp`, which its `remove_orphans`
+    recognises): the parity package's writers also run under the legacy Python 3.7, which
+    cannot import bort_core."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, ".%s.%d-%s.tmp" % (name, os.getpid(), os.urandom(4).hex()))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _atomic_savez(path, arrays):
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def save_inputs(path, inputs):

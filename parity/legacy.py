@@ -230,11 +230,9 @@ def make(config_name, out_dir, inputs_path=None, seed=0):
             "files": {"checkpoint": "checkpoint.params", "taps": "taps.npz",
                       "inputs": "inputs.npz"},
             "taps": sorted(taps), "seconds": round(time.time() - start, 2)}
-    tmp = os.path.join(out_dir, "config.json.tmp")
-    with open(tmp, "w") as f:
+    with pio.atomic_path(os.path.join(out_dir, "config.json")) as tmp, open(tmp, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, os.path.join(out_dir, "config.json"))
     return meta
 
 
