@@ -195,10 +195,11 @@ def test_export_onnx_cli_refuses_to_overwrite_and_names_a_bad_output(tmp_path, c
 
 
 def _args(**kw):
-    base = dict(frameworks="torch,torch-plain", config="bort_tiny", checkpoint=None, batch=2,
-                seq=8, preset=None, dtype="float32", mode="inference", device="cpu", threads=1,
-                warmup=1, iters=2, repeats=2, peak_tflops=None, measure_peak=False,
-                check_error=False, seed=0, workdir=None, json=None, progress=False)
+    base = dict(frameworks="torch,torch-plain", config="bort_tiny", checkpoint=None,
+                batch_size=2, seq_len=8, preset=None, dtype="float32", mode="inference",
+                device="cpu", threads=1, warmup=1, iters=2, repeats=2, peak_tflops=None,
+                measure_peak=False, check_error=False, seed=0, workdir=None, json=None,
+                progress=False)
     base.update(kw)
     return argparse.Namespace(**base)
 
