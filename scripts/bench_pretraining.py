@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bort_core import checkpoint as ckpt  # noqa: E402
 from bort_core import pretrain as core  # noqa: E402
+from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
 from parity.throughput.harness import host_info  # noqa: E402
@@ -75,7 +76,7 @@ def prepare(workdir, args):
         data = os.path.join(workdir, "part-*.npz")
     teacher = get_config(args.teacher, vocab_size=student.vocab_size)
     path = os.path.join(workdir, "teacher.params")
-    ckpt.save_params(path, core.initial_params(teacher, seed=1))
+    ckpt.save_params(path, initial_params(teacher, seed=1))
     return data, path
 
 

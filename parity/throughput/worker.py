@@ -52,7 +52,7 @@ class TorchRunner:
             config, params = load_checkpoint(spec["paths"]["params"], spec["config"])
             self.model = tm.BortModel(config if train else config.without_dropout())
             tm.set_params(self.model, params, spec["paths"]["params"])
-            tm.set_fast_attention(self.model, spec["framework"] != "torch-plain")
+            tm.set_fast_paths(self.model, spec["framework"] != "torch-plain")
             self.versions = {"torch": torch.__version__}
         self.model.to(self.device).train(train)
         self.step = self.model
@@ -170,10 +170,9 @@ class GluonRunner:
         self.config = config
         config = config if train else config.without_dropout()
         if spec["framework"] == "gluonnlp":
-            self.model = gm.plain_bert_model(config, use_decoder=train, ctx=self.ctx)
+            self.model = gm.plain_bert_model(config, use_decoder=train, device=self.ctx)
         else:
-            self.model = gm.BortModel(config, use_decoder=train)
-            gm.initialize_like_release(self.model, self.ctx)
+            self.model = gm.BortModel(config, use_decoder=train, device=self.ctx)
         gm.set_params(self.model, params, spec["paths"]["params"])
         if spec["dtype"] != "float32":   # AMP's SymbolBlock takes the padded inputs only
             gm.set_unpadded(self.model, False)

@@ -98,9 +98,9 @@ def test_reference_losses():
     rng = np.random.RandomState(0)
     s, t = rng.normal(size=(2, 3, 11)), rng.normal(size=(2, 3, 11))
     ids, w = rng.randint(0, 11, (2, 3)), np.array([[1, 1, 0], [1, 0, 0]], np.float32)
-    kl = core.reference_losses(s, ids, w, t, 2.0, "kl")
-    rel = core.reference_losses(s, ids, w, t, 2.0, "release")
-    same = core.reference_losses(s, ids, w, s, 2.0, "kl")
+    kl = losses.reference_losses(s, ids, w, t, 2.0, "kl")
+    rel = losses.reference_losses(s, ids, w, t, 2.0, "release")
+    same = losses.reference_losses(s, ids, w, s, 2.0, "kl")
     assert kl["teacher_ce"] > 0 and abs(same["teacher_ce"]) < 1e-12
     assert abs(rel["teacher_ce"] - kl["teacher_ce"]) > 1e-3     # the release's term differs
     logp = s - np.log(np.exp(s).sum(-1, keepdims=True))
@@ -109,13 +109,13 @@ def test_reference_losses():
 
 
 def test_loss_scaler_skips_halves_and_grows_by_an_integer_window():
-    s = core.LossScaler(8.0, window=2)
+    s = optim.LossScaler(8.0, window=2)
     s.update(False)
     assert (s.scale, s.skipped) == (4.0, 1)
     s.update(True)
     s.update(True)
     assert s.scale == 8.0 and isinstance(s.window, int)     # P7
-    off = core.LossScaler(8.0, enabled=False)
+    off = optim.LossScaler(8.0, enabled=False)
     off.update(False)
     assert off.scale == 1.0 and off.skipped == 0
 
@@ -123,42 +123,42 @@ def test_loss_scaler_skips_halves_and_grows_by_an_integer_window():
 def test_checkpoints_are_complete_only_with_their_marker(tmp_path):
     params = initial_params(get_config("bort_tiny"), 0)
     states = {"mean:" + k: np.zeros_like(v) for k, v in params.items()}
-    core.save_checkpoint(str(tmp_path), 4, params, states, {"step": 4, "loss_scaler": {}})
-    core.save_checkpoint(str(tmp_path), 8, params, states, {"step": 8})
-    os.remove(core.checkpoint_paths(str(tmp_path), 8)["meta"])
-    assert core.complete_steps(str(tmp_path)) == [4]
-    assert core.resolve_start(str(tmp_path), "latest") == 4
-    loaded, st, meta = core.load_checkpoint(str(tmp_path), 4)
+    resume.save_checkpoint(str(tmp_path), 4, params, states, {"step": 4, "loss_scaler": {}})
+    resume.save_checkpoint(str(tmp_path), 8, params, states, {"step": 8})
+    os.remove(resume.checkpoint_paths(str(tmp_path), 8)["meta"])
+    assert resume.complete_steps(str(tmp_path)) == [4]
+    assert resume.resolve_start(str(tmp_path), "latest") == 4
+    loaded, st, meta = resume.load_checkpoint(str(tmp_path), 4)
     assert meta["step"] == 4 and set(loaded) == set(params)
     np.testing.assert_array_equal(loaded["word_embed.0.weight"], params["word_embed.0.weight"])
     # the params file is a canonical checkpoint any framework loads
     validate_params(loaded, get_config("bort_tiny"))
     with pytest.raises(FileNotFoundError, match="--start-step 8: no complete checkpoint"):
-        core.resolve_start(str(tmp_path), 8)
+        resume.resolve_start(str(tmp_path), 8)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        core.resolve_start(str(tmp_path / "empty"), "latest")
+        resume.resolve_start(str(tmp_path / "empty"), "latest")
 
 
 def test_a_resume_under_other_trajectory_options_is_refused():
     saved = core.PretrainOptions(teacher="t.params", lr=1e-3, num_steps=40, ckpt_dir="a")
     meta = {"options": json.loads(json.dumps(vars(saved)))}     # as the checkpoint stores them
     # paths, logging and intervals may change: the run moved
-    core.check_resume_options(core.PretrainOptions(
+    resume.check_resume_options(core.PretrainOptions(
         teacher="/elsewhere/t.params", lr=1e-3, num_steps=40, ckpt_dir="/b", log_interval=7,
         ckpt_interval=3, progress=False, tensorboard=False, start_step="latest"), meta, "m.json")
     with pytest.raises(ValueError, match=r"m.json was written with other options.*--num-steps "
                        r"80 \(saved 40\); --lr 0.002 \(saved 0.001\)"):
-        core.check_resume_options(core.PretrainOptions(teacher="t.params", lr=2e-3, num_steps=80),
+        resume.check_resume_options(core.PretrainOptions(teacher="t.params", lr=2e-3, num_steps=80),
                                   meta, "m.json")
     with pytest.raises(ValueError, match=r"--teacher absent \(saved t.params\)"):
-        core.check_resume_options(core.PretrainOptions(lr=1e-3, num_steps=40), meta, "m.json")
+        resume.check_resume_options(core.PretrainOptions(lr=1e-3, num_steps=40), meta, "m.json")
 
 
 def test_non_writable_checkpoint_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match="not writable"):
-        core.check_writable(str(blocker / "ckpt"))
+        resume.check_writable(str(blocker / "ckpt"))
 
 
 def test_models_are_checked_before_training(tmp_path, shards):
@@ -290,8 +290,8 @@ def test_the_final_step_is_checkpointed_off_the_interval(shards, tmp_path):
     engine = FakeEngine()
     o, _, _ = _fake_run(engine, shards, str(tmp_path / "run"), num_steps=5, ckpt_interval=2,
                         progress=False)
-    assert core.complete_steps(o.ckpt_dir) == [2, 4, 5]
-    params, states, meta = core.load_checkpoint(o.ckpt_dir, 5)
+    assert resume.complete_steps(o.ckpt_dir) == [2, 4, 5]
+    params, states, meta = resume.load_checkpoint(o.ckpt_dir, 5)
     assert meta["step"] == 5 and set(states) == set(engine.states())
     validate_params(params, get_config("bort_tiny"))
     assert (params[COUNTER] == 5).all()                   # step 5's update included

@@ -110,8 +110,8 @@ def test_recipe_release_sets_the_release_values_and_explicit_flags_win():
 
 def test_logged_teacher_mse_on_the_release_scale():
     plain, release = pretrain_options(), pretrain_options("--recipe", "release")
-    assert core.logged_mse(0.25, plain) == 0.25
-    assert core.logged_mse(0.25, release) == pytest.approx(0.25 * 2.0 ** 2 / 2)
+    assert losses.logged_mse(0.25, plain) == 0.25
+    assert losses.logged_mse(0.25, release) == pytest.approx(0.25 * 2.0 ** 2 / 2)
 
 
 def test_bad_choices_name_the_flag():

@@ -43,7 +43,7 @@ def _args(tmp_path, framework, ckpt_dir):
 
 
 def _final(ckpt_dir):
-    return ckpt.load_params(core.checkpoint_paths(ckpt_dir, STEPS)["params"])
+    return ckpt.load_params(resume.checkpoint_paths(ckpt_dir, STEPS)["params"])
 
 
 def _steps(ckpt_dir):

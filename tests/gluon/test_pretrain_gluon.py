@@ -53,14 +53,14 @@ def test_distillation_terms_match_the_oracle(kd_loss):
     n = float(w.sum()) + 1e-8
     got = gp.distillation_terms(mx.nd.array(s), mx.nd.array(t), mx.nd.array(ids),
                                 mx.nd.array(w), n, 2.0, kd_loss)
-    want = core.reference_losses(s.astype(np.float32), ids, w, t.astype(np.float32), 2.0, kd_loss)
+    want = losses.reference_losses(s.astype(np.float32), ids, w, t.astype(np.float32), 2.0, kd_loss)
     for key, value in want.items():
         assert float(got[key].asscalar()) == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
 @pytest.mark.parametrize("kd_loss", core.KD_LOSSES)
 def test_distillation_gradient_through_autograd_matches_differences(kd_loss):
-    """The loss node's gradient reaches the logits with the weights of core.total_loss and the
+    """The loss node's gradient reaches the logits with the weights of losses.total_loss and the
     loss scale (central differences of the float64 oracle)."""
     rng = np.random.RandomState(1)
     s, t = rng.normal(size=(2, 3, 17)).astype(np.float32), rng.normal(size=(2, 3, 17))
@@ -71,11 +71,11 @@ def test_distillation_gradient_through_autograd_matches_differences(kd_loss):
     with mx.autograd.record():
         terms = gp.distillation_terms(logits, mx.nd.array(t), mx.nd.array(ids), mx.nd.array(w),
                                       n, o.temperature, kd_loss)
-        loss = core.total_loss(terms, o) * scale
+        loss = losses.total_loss(terms, o) * scale
     loss.backward()
 
     def value(x):
-        return scale * core.total_loss(core.reference_losses(x, ids, w, t, o.temperature,
+        return scale * losses.total_loss(losses.reference_losses(x, ids, w, t, o.temperature,
                                                              kd_loss, n), o)
 
     h, numeric, x = 1e-5, np.zeros(s.shape), s.astype(np.float64)
@@ -92,8 +92,8 @@ def test_one_update_is_bertadam_without_decay_on_layer_norm_and_bias(shards):
     o = _options(shards, None, "", lr=0.1, warmup_ratio=0.0, clip_norm=0.0, num_steps=1)
     student, params, _, _ = core.resolve_models(o)
     engine = gp.Engine(o, gp.build_model(student, params))
-    batch = next(core.BatchStream(sh.expand_shards(shards), 160).batches())
-    engine.backward(batch, core.normalizer(batch), 1.0)
+    batch = next(BatchStream(sh.expand_shards(shards), 160).batches())
+    engine.backward(batch, losses.normalizer(batch), 1.0)
     grads = {n: p.grad().asnumpy().astype(np.float64) for n, p in engine.named.items()}
     engine.update(0.1, 1.0)
     after = engine.params()
@@ -116,9 +116,9 @@ def test_gradients_written_for_one_micro_batch_summed_for_more(shards, accumulat
     engine = gp.Engine(o, gp.build_model(student, params))
     batch = next(BatchStream(sh.expand_shards(shards), 160).batches())
     grads = lambda: np.concatenate([p.grad().asnumpy().ravel() for p in engine.named.values()])
-    engine.backward(batch, core.normalizer(batch), 1.0)
+    engine.backward(batch, losses.normalizer(batch), 1.0)
     once = grads()
-    engine.backward(batch, core.normalizer(batch), 1.0)
+    engine.backward(batch, losses.normalizer(batch), 1.0)
     assert np.abs(once).max() > 0
     np.testing.assert_allclose(grads(), accumulate * once, rtol=1e-5, atol=1e-9)
     engine.update(0.0, 1.0)
@@ -126,14 +126,14 @@ def test_gradients_written_for_one_micro_batch_summed_for_more(shards, accumulat
 
 
 def _train(options):
-    return gp.pretrain(options), ckpt.load_params(core.checkpoint_paths(
+    return gp.pretrain(options), ckpt.load_params(resume.checkpoint_paths(
         options.ckpt_dir, options.num_steps)["params"])
 
 
 def test_resume_is_exact_with_dropout_on(shards, teacher, tmp_path):
     straight_rows, straight = _train(_options(shards, teacher, str(tmp_path / "a")))
     _train(_options(shards, teacher, str(tmp_path / "b")))
-    os.remove(core.checkpoint_paths(str(tmp_path / "b"), 6)["meta"])   # forget the end
+    os.remove(resume.checkpoint_paths(str(tmp_path / "b"), 6)["meta"])   # forget the end
     rows, resumed = _train(_options(shards, teacher, str(tmp_path / "b"), start_step="latest"))
     assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows[3:]]
     for name, value in straight.items():
@@ -154,16 +154,16 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_pat
     proc = subprocess.Popen(run(victim), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 90
-    while time.time() < deadline and not [s for s in core.complete_steps(victim) if s >= 4]:
+    while time.time() < deadline and not [s for s in resume.complete_steps(victim) if s >= 4]:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = core.complete_steps(victim)
+    done = resume.complete_steps(victim)
     assert done and done[-1] < 30, "the run was not interrupted"
     again = subprocess.run(run(victim), env=env, capture_output=True, text=True)   # resumes
     assert again.returncode == 0, again.stderr
-    a = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "ref"), 30)["params"])
-    b = ckpt.load_params(core.checkpoint_paths(victim, 30)["params"])
+    a = ckpt.load_params(resume.checkpoint_paths(str(tmp_path / "ref"), 30)["params"])
+    b = ckpt.load_params(resume.checkpoint_paths(victim, 30)["params"])
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
@@ -185,8 +185,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, teac
     with pytest.raises(FloatingPointError, match=r"non-finite.*last good checkpoint") as err:
         gp.pretrain(o)
     bad = int(str(err.value).split(":")[0].split()[1])
-    steps = core.complete_steps(o.ckpt_dir)
+    steps = resume.complete_steps(o.ckpt_dir)
     assert bad > 1 and steps[-1] == bad - 1
     assert "is step %d in %s" % (bad - 1, o.ckpt_dir) in str(err.value)
-    params = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, steps[-1])["params"])
+    params = ckpt.load_params(resume.checkpoint_paths(o.ckpt_dir, steps[-1])["params"])
     assert all(np.isfinite(v).all() for v in params.values())

@@ -49,8 +49,8 @@ def test_run_pretraining_distillation_defaults_to_float32_and_refuses_float16(tm
     _run("run_pretraining_distillation.sh", args, tmp_path, **short)
     model = tmp_path / "bort_tiny_model"
     assert "--dtype float32" in (model / "train.log").read_text()
-    assert core.complete_steps(str(model)) == [2]
+    assert resume.complete_steps(str(model)) == [2]
     done = _run("run_pretraining_distillation.sh", args, tmp_path, rc=2, DTYPE="float16",
                 DIR_NAME="fp16", **short)
     assert "error: --dtype float16: bort_gluon pretrains in float32" in done.stdout
-    assert not core.complete_steps(str(tmp_path / "fp16"))
+    assert not resume.complete_steps(str(tmp_path / "fp16"))

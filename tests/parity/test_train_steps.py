@@ -51,13 +51,13 @@ def test_a_gluon_checkpoint_resumes_in_torch(tmp_path):
         tokens_per_batch=200, ckpt_interval=4, log_interval=4, progress=False), **kw))
     straight = tp.pretrain(opts("torch"))
     gp.pretrain(opts("mixed"))
-    for path in core.checkpoint_paths(str(tmp_path / "mixed"), 8).values():
+    for path in resume.checkpoint_paths(str(tmp_path / "mixed"), 8).values():
         os.remove(path)       # keep the gluon run's step-4 checkpoint (same schedule)
     resumed = tp.pretrain(opts("mixed", start_step="4"))
     for a, b in zip(straight[4:], resumed):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    end_a = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "torch"), 8)["params"])
-    end_b = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "mixed"), 8)["params"])
+    end_a = ckpt.load_params(resume.checkpoint_paths(str(tmp_path / "torch"), 8)["params"])
+    end_b = ckpt.load_params(resume.checkpoint_paths(str(tmp_path / "mixed"), 8)["params"])
     # key-projection biases have an analytically zero gradient (softmax ignores a shift shared
     # by all keys): starting from 0, Adam moves them by the sign of rounding noise
     worst = max((rel_l2(end_b[n], end_a[n]), n) for n in end_a

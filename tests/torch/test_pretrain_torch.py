@@ -20,6 +20,7 @@ from bort_core import pretrain as core  # noqa: E402
 from bort_core.arch import initial_params  # noqa: E402
 from bort_core.configs import DEMO_VOCAB_SIZE, get_config  # noqa: E402
 from bort_core.data import shards as sh  # noqa: E402
+from bort_core.model_params import validate_params  # noqa: E402
 from bort_torch import pretrain as tp  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def test_distillation_terms_match_the_oracle(kd_loss):
     n = float(w.sum()) + 1e-8
     got = tp.distillation_terms(torch.tensor(s), torch.tensor(t), torch.tensor(ids),
                                 torch.tensor(w, dtype=torch.float64), n, 2.0, kd_loss)
-    want = core.reference_losses(s.astype(np.float32), ids, w, t.astype(np.float32), 2.0, kd_loss)
+    want = losses.reference_losses(s.astype(np.float32), ids, w, t.astype(np.float32), 2.0, kd_loss)
     for key, value in want.items():
         assert float(got[key]) == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
@@ -70,14 +71,14 @@ def test_bertadam_is_adam_without_bias_correction_and_decoupled_decay():
 
 
 def _train(options):
-    return tp.pretrain(options), ckpt.load_params(core.checkpoint_paths(
+    return tp.pretrain(options), ckpt.load_params(resume.checkpoint_paths(
         options.ckpt_dir, options.num_steps)["params"])
 
 
 def test_resume_is_exact_with_dropout_on(shards, teacher, tmp_path):
     straight_rows, straight = _train(_options(shards, teacher, str(tmp_path / "a")))
     _train(_options(shards, teacher, str(tmp_path / "b"), num_steps=6))
-    os.remove(core.checkpoint_paths(str(tmp_path / "b"), 6)["meta"])   # forget the end
+    os.remove(resume.checkpoint_paths(str(tmp_path / "b"), 6)["meta"])   # forget the end
     rows, resumed = _train(_options(shards, teacher, str(tmp_path / "b"), start_step="latest"))
     assert [r["loss"] for r in rows] == [r["loss"] for r in straight_rows[3:]]
     for name, value in straight.items():
@@ -108,16 +109,16 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(shards, teacher, tmp_pat
     proc = subprocess.Popen(run(victim), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and not [s for s in core.complete_steps(victim) if s >= 4]:
+    while time.time() < deadline and not [s for s in resume.complete_steps(victim) if s >= 4]:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = core.complete_steps(victim)
+    done = resume.complete_steps(victim)
     assert done and done[-1] < 40, "the run was not interrupted"
     again = subprocess.run(run(victim), env=env, capture_output=True, text=True)   # resumes
     assert again.returncode == 0, again.stderr
-    a = ckpt.load_params(core.checkpoint_paths(str(tmp_path / "ref"), 40)["params"])
-    b = ckpt.load_params(core.checkpoint_paths(victim, 40)["params"])
+    a = ckpt.load_params(resume.checkpoint_paths(str(tmp_path / "ref"), 40)["params"])
+    b = ckpt.load_params(resume.checkpoint_paths(victim, 40)["params"])
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
@@ -158,8 +159,8 @@ def test_float16_overflow_skips_and_counts(shards, teacher, tmp_path):
     logged = [json.loads(line) for line in open(os.path.join(o.ckpt_dir, "log.jsonl"))]
     assert [(r["step"], r["skipped"], r["loss_scale"]) for r in logged] == [
         (3, rows[-1]["skipped"], rows[-1]["loss_scale"])]
-    start = core.initial_params(get_config("bort_tiny"), o.seed)
-    end = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, 3)["params"])
+    start = initial_params(get_config("bort_tiny"), o.seed)
+    end = ckpt.load_params(resume.checkpoint_paths(o.ckpt_dir, 3)["params"])
     if rows[-1]["skipped"] == 3:     # every step skipped: the weights must not have moved
         np.testing.assert_array_equal(end["encoder.position_weight"],
                                       start["encoder.position_weight"])
@@ -170,9 +171,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(shards, teac
     with pytest.raises(FloatingPointError, match=r"non-finite.*last good checkpoint") as err:
         tp.pretrain(o)
     bad = int(str(err.value).split(":")[0].split()[1])
-    steps = core.complete_steps(o.ckpt_dir)
+    steps = resume.complete_steps(o.ckpt_dir)
     assert bad > 1 and steps[-1] == bad - 1
-    params = ckpt.load_params(core.checkpoint_paths(o.ckpt_dir, steps[-1])["params"])
+    params = ckpt.load_params(resume.checkpoint_paths(o.ckpt_dir, steps[-1])["params"])
     assert all(np.isfinite(v).all() for v in params.values())
 
 
@@ -186,6 +187,6 @@ def test_pretrain_from_an_extracted_config_file(shards, tmp_path):
     assert main(["pretrain", "--framework", "torch", "--config", path, "--data", shards,
                  "--num-steps", "2", "--tokens-per-batch", "160", "--output-dir", out,
                  "--quiet", "--no-tensorboard"]) == 0
-    params, _, meta = core.load_checkpoint(out, 2)
+    params, _, meta = resume.load_checkpoint(out, 2)
     assert meta["options"]["student"] == path
-    ckpt.validate_params(params, get_config(path))    # the extracted architecture was trained
+    validate_params(params, get_config(path))    # the extracted architecture was trained

@@ -66,4 +66,4 @@ def test_run_pretraining_distillation_defaults_to_the_releases_float16(tmp_path)
     log = (model / "train.log").read_text()
     assert "--dtype float16" in log
     assert "--seed 3" in log and "--teacher " not in log   # a flag after EVAL_GLOB is no teacher
-    assert core.complete_steps(str(model)) == [2]
+    assert resume.complete_steps(str(model)) == [2]
