@@ -65,6 +65,12 @@ class Backend(Protocol):
     def evaluate_mlm(self, model, batches: Iterable[Dict], teacher=None) -> Dict[str, float]:
         """`mlm_loss`, `mlm_acc` (and `kd_loss` with a teacher) over the batches, eval mode."""
 
+    def cached_teacher(self, teacher):
+        """`teacher` for `train_mlm`/`evaluate_mlm`, remembering each batch's encoder output
+        at the masked positions: a batch seen before runs only the MLM decoder again. For
+        trainings over the same batches (extraction's candidates), where the teacher's encoder
+        would otherwise be most of every step; memory grows with the batches seen."""
+
     def trainer(self, model, hparams: Dict) -> "Trainer":
         """A new classification/regression fine-tuning run of `model` under `hparams`."""
 

@@ -236,11 +236,14 @@ def extract(backend, plan: Plan, settings: Settings, train_data: Dict, eval_data
 
     `train_data`, `eval_data`: shard dicts (`load_data`). Finished trainings are logged in
     `out_dir` as they complete; with `resume` they are read back instead of retrained. The
-    backend sees only configs, numpy batches and paths.
+    backend sees only configs, numpy batches and paths. Every candidate sees the same batches,
+    so the teacher's encoder runs once a batch (`Backend.cached_teacher`).
     """
     from tqdm import tqdm
 
     settings.validate()
+    if teacher is not None:
+        teacher = backend.cached_teacher(teacher)
     log = TrialLog(out_dir, settings, resume)
     init_path = os.path.join(out_dir, "init.params")
     if os.path.exists(init_path):   # left by a crash: may belong to another candidate

@@ -22,6 +22,7 @@ is an integer; the run is seeded (`--seed`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -207,6 +208,17 @@ def evaluation_row(result: Dict[str, float]) -> Dict[str, float]:
     return row
 
 
+def batch_key(*arrays: np.ndarray) -> bytes:
+    """A digest of a batch's input arrays: the teacher caches (`TeacherCache` in each framework)
+    find a batch they have seen by it."""
+    digest = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        digest.update(("%s%s" % (a.dtype.str, a.shape)).encode())
+        digest.update(a.tobytes())
+    return digest.digest()
+
+
 class BackendBase:
     """The Backend methods written once: MLM through a framework's pretraining `Engine`
     (set as `engine` by the subclass), classification through its `finetune` module."""
@@ -221,6 +233,9 @@ class BackendBase:
     def evaluate_mlm(self, model, batches, teacher=None) -> Dict[str, float]:
         engine = self.engine(options_from_hparams({}, 1), model, teacher)
         return evaluation_row(evaluate(engine, BatchList(batches)))
+
+    def cached_teacher(self, teacher):
+        return load_framework(self.name, "pretrain").TeacherCache(teacher)
 
     def _finetune(self):
         return load_framework(self.name, "finetune")

@@ -71,6 +71,29 @@ def clip_and_update(updater, grads, weights, lr: float, norm: float, clip_norm: 
     updater(list(range(len(grads))), grads, weights)
 
 
+class TeacherCache:
+    """A frozen teacher that remembers, per batch, its encoder output at the masked positions;
+    a batch seen before runs only the MLM decoder (`Backend.cached_teacher`)."""
+
+    def __init__(self, model: BortModel):
+        self.model = model
+        self.encoded: Dict[bytes, mx.nd.NDArray] = {}
+
+    def collect_params(self):
+        return self.model.collect_params()
+
+    def __call__(self, inputs, valid_length, masked_positions):
+        key = core.batch_key(*(a.asnumpy() for a in (inputs, valid_length, masked_positions)))
+        encoded = self.encoded.get(key)
+        if encoded is None:
+            sequence = self.model(inputs, valid_length)
+            rows = mx.nd.arange(sequence.shape[0], ctx=sequence.context, dtype="int32")
+            rows = mx.nd.broadcast_to(rows.reshape((-1, 1)), masked_positions.shape)
+            encoded = self.encoded[key] = mx.nd.gather_nd(
+                sequence, mx.nd.stack(rows, masked_positions.astype("int32")))
+        return None, self.model.decoder(encoded)
+
+
 class Engine(core.Engine):
     """Student (+ frozen teacher) and BERTAdam on one worker; see bort_core.pretrain.Engine."""
 

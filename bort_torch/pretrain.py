@@ -94,6 +94,25 @@ def distillation_terms(logits, teacher_logits, ids, weights, normalizer, tempera
     return out
 
 
+class TeacherCache(torch.nn.Module):
+    """A frozen teacher that remembers, per batch, its encoder output at the masked positions;
+    a batch seen before runs only the MLM decoder (`Backend.cached_teacher`)."""
+
+    def __init__(self, model: BortModel):
+        super().__init__()
+        self.model = model
+        self.encoded: Dict[bytes, torch.Tensor] = {}
+
+    def forward(self, inputs, valid_length, masked_positions):
+        key = core.batch_key(*(t.cpu().numpy() for t in (inputs, valid_length, masked_positions)))
+        encoded = self.encoded.get(key)
+        if encoded is None:
+            sequence = self.model(inputs, valid_length)
+            rows = torch.arange(sequence.shape[0], device=sequence.device)[:, None]
+            encoded = self.encoded[key] = sequence[rows, masked_positions.long()]
+        return None, self.model.decoder(encoded)
+
+
 class Engine(core.Engine):
     """Student (+ frozen teacher) and BERTAdam on one worker; see bort_core.pretrain.Engine."""
 

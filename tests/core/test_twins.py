@@ -25,7 +25,7 @@ ONE_FRAMEWORK = {
 }
 # same name and role, a framework-shaped interface (the framework's block/module protocol)
 FRAMEWORK_SHAPED = {"model.Packing", "model.BortEncoder", "model.BortModel.methods",
-                    "model.BortClassifier.methods"}
+                    "model.BortClassifier.methods", "pretrain.TeacherCache.methods"}
 
 
 def _params(func):
