@@ -81,7 +81,7 @@ class FinetuneOptions:
     lr: float = 5e-5
     weight_decay: float = 110.0
     warmup_ratio: float = 0.45
-    epsilon: float = 1e-6
+    epsilon: float = dataclasses.field(default=1e-6, metadata={"flag": "--adam-epsilon"})
     clip_norm: float = 1.0
     early_stop: int = 200                   # patience in epochs
     dropout: float = 0.1

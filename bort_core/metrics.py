@@ -24,12 +24,13 @@ class NonFiniteError(FloatingPointError, ValueError):
 
 
 def check_finite(options) -> None:
-    """Refuse a dataclass of options with a NaN or infinite float field, by its --flag name."""
+    """Refuse a dataclass of options with a NaN or infinite float field, by its --flag name
+    (the field's metadata "flag" where it differs from the field's name)."""
     for field in dataclasses.fields(options):
         value = getattr(options, field.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise NonFiniteError("--%s must be a finite number, got %r"
-                                 % (field.name.replace("_", "-"), value))
+            flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+            raise NonFiniteError("%s must be a finite number, got %r" % (flag, value))
 
 
 def accuracy(pred, gold) -> float:

@@ -73,7 +73,7 @@ class PretrainOptions:
     warmup_ratio: float = 0.01
     lr: float = 1e-4
     weight_decay: float = 0.01
-    eps: float = 1e-6
+    eps: float = dataclasses.field(default=1e-6, metadata={"flag": "--adam-epsilon"})
     beta1: float = 0.9
     beta2: float = 0.999
     clip_norm: float = 1.0
