@@ -38,7 +38,7 @@ def register(sub):
                    help="backend that trains the candidates (required unless --dry-run)")
     p.add_argument("--search-space", default="bort", metavar="{bort,tiny,demo,PATH,GRID}",
                    help="bort (the Bort paper's grid, default), tiny (16 small members on the "
-                   "demo vocabulary), demo (48 members, 16 to 128 units: the demo preset's), a "
+                   "demo vocabulary), demo (72 members up to the demo teacher's shape: the demo preset's), a "
                    "JSON file {num_layers: [..], num_heads: [..], units: [..], "
                    "hidden_size: [..], base: {config fields}}, or inline 'D=2,4;A=4,8;H=512;I=256,512'")
     p.add_argument("--epsilon", type=float, default=1.0,
