@@ -5,6 +5,7 @@ oracle's parts that go through it (`legacy_python`, `legacy_dump`); and the nump
 the Backend protocol that the framework-free tests share (`from conftest import FakeBackend`)."""
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,12 @@ from bort_core.configs import get_config
 from parity import fidelity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# pytest put this folder on sys.path to import this file. Left there, its `torch` folder (the
+# torch twin's tests) is importable as a namespace package named `torch` wherever PyTorch is not
+# installed, which fools tensorboardX and the `framework` fixture. Test modules still reach this
+# file as `conftest` (sys.modules).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 # the modules each framework package needs (what `pip install -e .[gluon|torch]` brings)
 FRAMEWORK_MODULES = {"gluon": ("mxnet", "gluonnlp"), "torch": ("torch",)}
