@@ -35,12 +35,9 @@ def build_model(framework, config_name, checkpoint, num_classes):
         from bort_gluon import model as m
     else:
         from bort_torch import model as m
-    from bort_core.model_params import is_classifier, join_classifier, load_checkpoint, split_classifier
+    from bort_core.model_params import join_classifier, load_backbone_and_head
 
-    config, params = load_checkpoint(checkpoint, config_name)
-    head = None
-    if is_classifier(params):
-        params, head = split_classifier(params, source=checkpoint)
+    config, params, head = load_backbone_and_head(checkpoint, config_name)
     if num_classes and head is None:
         raise ValueError("%s: --num-classes asks for classifier_logits, but the checkpoint has "
                          "no classifier head (classifier.*)" % checkpoint)
@@ -50,8 +47,6 @@ def build_model(framework, config_name, checkpoint, num_classes):
     if num_classes:
         classifier = m.BortClassifier(backbone, num_classes, dropout=0.0)
         target, values = classifier, join_classifier(params, head)
-    if framework == "gluon":
-        m.initialize_like_release(target)
     m.set_params(target, values, checkpoint)
     if framework == "torch":
         target.eval()
