@@ -39,7 +39,7 @@ from bort_core.data.shards import expand_shards
 from bort_core.data.stream import BatchList, BatchStream, worker_slice
 from bort_core.losses import logged_mse, normalizer
 from bort_core.metrics import NonFiniteError, check_finite
-from bort_core.model_params import load_model_params
+from bort_core.model_params import join_classifier, load_backbone_and_head, load_model_params
 from bort_core.optim import LOSS_SCALERS, make_scaler, pretraining_lr
 from bort_core.resume import (
     check_resume_options,
@@ -220,11 +220,27 @@ def batch_key(*arrays: np.ndarray) -> bytes:
 
 
 class BackendBase:
-    """The Backend methods written once: MLM through a framework's pretraining `Engine`
-    (set as `engine` by the subclass), classification through its `finetune` module."""
+    """The Backend methods written once: loading and saving through a framework's `model`
+    module, MLM through its pretraining `Engine` (set as `engine` by the subclass),
+    classification through its `finetune` module."""
 
     name = ""
     engine = None
+
+    def load(self, config, path: str, num_classes: Optional[int] = None):
+        m = load_framework(self.name, "model")
+        config, params, head = load_backbone_and_head(path, config)
+        model = m.BortModel(config, use_decoder=any(n.startswith("decoder.") for n in params))
+        m.set_params(model, params, path)
+        if not num_classes:
+            return model
+        classifier = m.BortClassifier(model, num_classes, dropout=config.classifier_dropout)
+        if head is not None:
+            m.set_params(classifier, join_classifier(params, head), path)
+        return classifier
+
+    def save(self, model, path: str) -> None:
+        load_framework(self.name, "model").save_checkpoint(model, path)
 
     def train_mlm(self, model, batches, steps: int, hparams: Dict, teacher=None):
         engine = self.engine(options_from_hparams(hparams, steps), model, teacher)

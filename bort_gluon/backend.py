@@ -16,7 +16,6 @@ from bort_core import pretrain as core
 from bort_core.arch import initial_params
 from bort_core.backend import median_seconds
 from bort_core.configs import BortConfig
-from bort_core.model_params import join_classifier, load_backbone_and_head
 from bort_gluon import model as gm
 from bort_gluon.pretrain import Engine
 
@@ -32,20 +31,6 @@ class Backend(core.BackendBase):
             if num_classes else model
         gm.set_params(model, initial_params(config, seed), "initial parameters")
         return block
-
-    def load(self, config: BortConfig, path: str, num_classes: Optional[int] = None):
-        config, params, head = load_backbone_and_head(path, config)
-        model = gm.BortModel(config, use_decoder=any(n.startswith("decoder.") for n in params))
-        gm.set_params(model, params, path)
-        if not num_classes:
-            return model
-        classifier = gm.BortClassifier(model, num_classes, dropout=config.classifier_dropout)
-        if head is not None:
-            gm.set_params(classifier, join_classifier(params, head), path)
-        return classifier
-
-    def save(self, model, path: str) -> None:
-        gm.save_checkpoint(model, path)
 
     def latency(self, model, batch_size: int, seq_len: int, repeats: int = 10) -> float:
         bort = model.bort if isinstance(model, gm.BortClassifier) else model
