@@ -172,6 +172,17 @@ def write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
+def save_figure(fig, path: str, dpi=None) -> None:
+    """Replace `path` with a matplotlib figure as PNG, atomically, and close the figure."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+
+
 # ------------------------------------------------------------------------------ reading
 
 def unreadable(path, what, err) -> ValueError:

@@ -217,9 +217,5 @@ def write_pareto_plot(result, path):
     ax.legend(loc="best", fontsize="small")
     ax.set_title("OSE extraction: %d candidates" % len(rows))
     fig.tight_layout()
-    try:
-        with bio.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    bio.save_figure(fig, path, dpi=100)
     return path

@@ -11,6 +11,7 @@ from typing import Dict, List
 from bort_core.configs import get_config
 from bort_core.data.tasks import get_task
 from bort_core.finetune import selection_score
+from bort_core.io import save_figure
 from bort_core.reproduce.runner import FRAMEWORK_STAGES, Run, framework_stages, say
 from bort_core.reproduce.stages import PRETRAIN_LOSS_TOLERANCE
 
@@ -230,8 +231,7 @@ def _plots(run: Run, records: Dict, frameworks: List[str]) -> None:
     ax.set_ylabel("MLM loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(run.out, "loss_curves.png"))
-    plt.close(fig)
+    save_figure(fig, os.path.join(run.out, "loss_curves.png"))
     if "parity" in records:
         taps = [t for t in records["parity"]["student_taps"]["taps"] if "max_abs" in t]
         fig, ax = plt.subplots(figsize=(6, 3))
@@ -241,8 +241,7 @@ def _plots(run: Run, records: Dict, frameworks: List[str]) -> None:
         ax.set_ylabel("max |gluon - torch|")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(os.path.join(run.out, "parity_layers.png"))
-        plt.close(fig)
+        save_figure(fig, os.path.join(run.out, "parity_layers.png"))
     for fw in frameworks:
         png = records["extract-" + fw].get("pareto_png")
         if png and os.path.exists(png):

@@ -138,11 +138,7 @@ def plot(records, path):
     ax.set_ylabel("tokens/s (median)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        with bio.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    bio.save_figure(fig, path, dpi=120)
     return True
 
 
